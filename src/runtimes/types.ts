@@ -1,0 +1,129 @@
+/**
+ * Runtimes: drivers that make sandboxes.
+ *
+ * - runtime  — a driver (`process`: bubblewrap + cgroups, `docker`: Docker Engine).
+ * - sandbox  — one isolated instance made by a runtime. It has a work dir
+ *              (`/work` inside), no network, and kernel-enforced limits.
+ * - exec     — one command run inside a sandbox, with its own deadline, limits
+ *              and output cap; the result reports what the kernel saw.
+ *
+ * Nothing outside `runtimes/` knows which driver is in use: callers see only
+ * the interfaces below.
+ */
+
+/** Limits of a sandbox as a whole; an exec may narrow them. */
+export interface SandboxLimits {
+  /** Memory including tmpfs pages, in MiB. */
+  memoryMb: number;
+  /** Maximum number of processes/threads alive at once. */
+  pids: number;
+  /** CPU bandwidth, in cores (0.5 = half a core). */
+  cpus: number;
+  /** Size cap of the writable work dir and /tmp, in MiB each. */
+  diskMb: number;
+}
+
+export interface SandboxSpec {
+  /** Template name; recorded in labels so orphans can be traced. */
+  template: string;
+  limits: SandboxLimits;
+  /** Environment for every exec (exec env is merged on top). */
+  env?: Record<string, string>;
+  /** Driver-specific template settings (image, rootfs …), validated by the driver. */
+  options?: Record<string, unknown>;
+}
+
+export interface ExecLimits {
+  /** Wall-clock deadline; the whole process tree is killed when it passes. */
+  wallMs: number;
+  /** CPU time of the whole exec (all processes); killed when exceeded. */
+  cpuMs: number;
+  /** Memory of the exec, in MiB (at most the sandbox's). */
+  memoryMb: number;
+  /** Processes of the exec (at most the sandbox's). */
+  pids: number;
+  /** Bytes kept per stream; reading stops and the exec is killed past it. */
+  outputBytes: number;
+}
+
+export interface ExecRequest {
+  command: string[];
+  stdin?: Buffer | string;
+  env?: Record<string, string>;
+  /** Working directory inside the sandbox; default the work dir. */
+  cwd?: string;
+  limits: ExecLimits;
+  /** Live output, for streaming. Called with chunks already counted against the cap. */
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+}
+
+/** What ended an exec other than its own exit. */
+export type ExecKill = 'wall_timeout' | 'cpu_timeout' | 'output_limit' | null;
+
+export interface ExecResult {
+  stdout: Buffer;
+  stderr: Buffer;
+  /** Exit status, or null when ended by a signal. */
+  exitCode: number | null;
+  /** Signal name (e.g. `SIGKILL`) when ended by a signal. */
+  signal: string | null;
+  wallMs: number;
+  cpuMs: number;
+  /** Peak memory of the exec's processes, in KiB. */
+  memoryKb: number;
+  /** True when the kernel's OOM killer acted inside this exec. */
+  oomKilled: boolean;
+  /** True when the process limit refused a fork. */
+  pidsLimitHit: boolean;
+  killedBy: ExecKill;
+  /** True when some output was dropped because of `outputBytes`. */
+  truncated: boolean;
+}
+
+export interface SandboxStats {
+  cpuMs: number;
+  memoryKb: number;
+  pids: number;
+}
+
+export interface Sandbox {
+  readonly id: string;
+  readonly runtime: string;
+  exec(req: ExecRequest): Promise<ExecResult>;
+  /**
+   * Write a file under the work dir. The write happens with the sandbox's own
+   * rights (never by following a link the sandbox could have planted).
+   */
+  putFile(path: string, data: Buffer): Promise<void>;
+  /** Read a file under the work dir, at most `maxBytes`; undefined when absent. */
+  getFile(path: string, maxBytes: number): Promise<Buffer | undefined>;
+  stats(): Promise<SandboxStats>;
+  /** Kill everything inside and remove all traces. Idempotent. */
+  destroy(): Promise<void>;
+}
+
+export interface RuntimeCheck {
+  runtime: string;
+  ok: boolean;
+  /** What was found (versions, cgroup mode …) or what failed. */
+  detail: string;
+  /** How to fix it, when not ok. */
+  fix?: string;
+}
+
+export interface Runtime {
+  readonly name: string;
+  /** Probe whether this runtime works on this machine (used by `kiln doctor`, /v1/info). */
+  check(): Promise<RuntimeCheck>;
+  create(spec: SandboxSpec): Promise<Sandbox>;
+  /** Ids of sandboxes this kiln instance made that still exist. */
+  listOwn(): Promise<string[]>;
+  /** Remove sandboxes this instance left behind (after a crash). Returns how many. */
+  reapOrphans(): Promise<number>;
+  /** Release driver resources (connections); does not destroy sandboxes. */
+  close(): Promise<void>;
+}
+
+/** Where the sandbox's work dir is, inside. */
+export const WORK_DIR = '/work';
