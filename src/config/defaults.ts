@@ -1,0 +1,70 @@
+/**
+ * Embedded defaults: what `kiln serve` runs on with no config file at all.
+ * The process runtime with the host's toolchains, SQLite in the data dir.
+ */
+import type { KilnConfig } from './schema.js';
+
+export const DEFAULT_CONFIG: KilnConfig = {
+  server: { host: '127.0.0.1', port: 7070, dataDir: './.kiln', bodyLimitBytes: 10 * 1024 * 1024, logLevel: 'info' },
+  budget: { cpuTotal: null, memoryTotalMb: null },
+  runs: {
+    concurrency: null,
+    queueMax: 1000,
+    defaults: { wallMs: 5000, cpuMs: 5000, memoryMb: 256, pids: 64, outputBytes: 1024 * 1024 },
+    // Compilers (rustc, javac) need more room than the programs they build.
+    compileDefaults: { wallMs: 30000, cpuMs: 30000, memoryMb: 1024, pids: 128, outputBytes: 1024 * 1024 },
+    maxima: { wallMs: 60000, cpuMs: 60000, memoryMb: 4096, pids: 512, outputBytes: 64 * 1024 * 1024 },
+    retentionDays: 30,
+  },
+  sandboxDefaults: { cpus: 1, memoryMb: 1024, pids: 256, diskMb: 256 },
+  runtimes: {
+    process: {
+      uid: 65534,
+      gid: 65534,
+      // Only what toolchains need: no /home, /root, /var, and of /etc only
+      // loader, alternatives, TLS roots and Java's config (never shadow/passwd).
+      systemDirs: [
+        '/usr',
+        '/bin',
+        '/sbin',
+        '/lib',
+        '/lib64',
+        '/etc/alternatives',
+        '/etc/ld.so.cache',
+        '/etc/ld.so.conf',
+        '/etc/ld.so.conf.d',
+        '/etc/ssl',
+        '/etc/java-17-openjdk',
+        '/etc/localtime',
+      ],
+    },
+    docker: { socketPath: '/var/run/docker.sock', ociRuntime: 'runc' },
+  },
+  templates: {
+    host: { runtime: 'process' },
+    'py-docker': { runtime: 'docker', image: 'kiln-python:local' },
+  },
+  languages: {
+    python: { template: 'host', file: 'main.py', run: ['python3', 'main.py'], version: ['python3', '--version'] },
+    javascript: { template: 'host', file: 'main.js', run: ['node', 'main.js'], version: ['node', '--version'] },
+    typescript: {
+      template: 'host',
+      file: 'main.ts',
+      compile: ['tsc', '--target', 'es2020', '--module', 'commonjs', '--strict', '--outDir', '.', 'main.ts'],
+      run: ['node', 'main.js'],
+      version: ['tsc', '--version'],
+    },
+    c: { template: 'host', file: 'main.c', compile: ['gcc', '-O2', '-o', 'main', 'main.c', '-lm'], run: ['./main'], version: ['gcc', '-dumpfullversion'] },
+    cpp: { template: 'host', file: 'main.cpp', compile: ['g++', '-O2', '-o', 'main', 'main.cpp'], run: ['./main'], version: ['g++', '-dumpfullversion'] },
+    bash: { template: 'host', file: 'main.sh', run: ['bash', 'main.sh'], version: ['bash', '-c', 'echo $BASH_VERSION'] },
+    rust: { template: 'host', file: 'main.rs', compile: ['rustc', '-O', '-o', 'main', 'main.rs'], run: ['./main'], version: ['rustc', '--version'] },
+    java: {
+      template: 'host',
+      file: 'Main.java',
+      compile: ['javac', '-J-XX:+UseSerialGC', '-J-Xss1m', 'Main.java'],
+      run: ['java', '-XX:+UseSerialGC', '-cp', '.', 'Main'],
+      version: ['java', '-version'],
+    },
+    'python-docker': { template: 'py-docker', file: 'main.py', run: ['python3', 'main.py'], version: ['python3', '--version'] },
+  },
+};

@@ -1,0 +1,150 @@
+/**
+ * The shape of kiln's configuration, one TypeBox schema so the file, the
+ * environment and the flags are validated by the same rules. Every option has
+ * its default and unit beside it.
+ */
+import { Type, type Static } from '@sinclair/typebox';
+
+const Nullable = <T extends ReturnType<typeof Type.Number>>(t: T) => Type.Union([t, Type.Null()]);
+const strict = { additionalProperties: false } as const;
+
+export const ExecLimitsSchema = Type.Object(
+  {
+    /** Wall-clock deadline, ms. */
+    wallMs: Type.Integer({ minimum: 1 }),
+    /** CPU time of all processes, ms. */
+    cpuMs: Type.Integer({ minimum: 1 }),
+    /** Memory, MiB. */
+    memoryMb: Type.Integer({ minimum: 4 }),
+    /** Processes alive at once. */
+    pids: Type.Integer({ minimum: 1 }),
+    /** Bytes kept per output stream. */
+    outputBytes: Type.Integer({ minimum: 0 }),
+  },
+  strict,
+);
+export type ExecLimitsConfig = Static<typeof ExecLimitsSchema>;
+
+export const SandboxLimitsSchema = Type.Object(
+  {
+    cpus: Type.Number({ exclusiveMinimum: 0 }),
+    memoryMb: Type.Integer({ minimum: 4 }),
+    pids: Type.Integer({ minimum: 1 }),
+    /** Size cap of the work dir and of /tmp, MiB each. */
+    diskMb: Type.Integer({ minimum: 1 }),
+  },
+  strict,
+);
+
+export const TemplateSchema = Type.Object(
+  {
+    runtime: Type.Union([Type.Literal('process'), Type.Literal('docker')]),
+    /** docker: image to run (built locally; never pulled). */
+    image: Type.Optional(Type.String({ minLength: 1 })),
+    /** process: a root filesystem directory to use instead of the host's system dirs. */
+    rootfs: Type.Optional(Type.String({ minLength: 1 })),
+    /** Environment for every command in the sandbox. */
+    env: Type.Optional(Type.Record(Type.String(), Type.String())),
+    /** Sandbox limits; unset fields come from `sandboxDefaults`. */
+    limits: Type.Optional(Type.Partial(SandboxLimitsSchema)),
+  },
+  strict,
+);
+export type TemplateConfig = Static<typeof TemplateSchema>;
+
+export const LanguageSchema = Type.Object(
+  {
+    /** Template whose sandbox runs this language. */
+    template: Type.String({ minLength: 1 }),
+    /** Name the first submitted file is given when the request names it otherwise. */
+    file: Type.String({ minLength: 1 }),
+    /** Compile stage command; absent for interpreted languages. */
+    compile: Type.Optional(Type.Array(Type.String(), { minItems: 1 })),
+    /** Run stage command; request `args` are appended. */
+    run: Type.Array(Type.String(), { minItems: 1 }),
+    /** Command printing the toolchain version, run once in the sandbox. */
+    version: Type.Optional(Type.Array(Type.String(), { minItems: 1 })),
+    /** Limits of the compile stage (default `runs.compileDefaults`). */
+    compileLimits: Type.Optional(Type.Partial(ExecLimitsSchema)),
+    /** Extra environment for both stages. */
+    env: Type.Optional(Type.Record(Type.String(), Type.String())),
+  },
+  strict,
+);
+export type LanguageConfig = Static<typeof LanguageSchema>;
+
+export const ConfigSchema = Type.Object(
+  {
+    server: Type.Object(
+      {
+        /** Address to listen on. Default 127.0.0.1. */
+        host: Type.String({ minLength: 1 }),
+        /** TCP port. Default 7070. */
+        port: Type.Integer({ minimum: 0, maximum: 65535 }),
+        /** Where the store, sandboxes and instance id live. Default ./.kiln */
+        dataDir: Type.String({ minLength: 1 }),
+        /** Largest request body, bytes. Default 10 MiB. */
+        bodyLimitBytes: Type.Integer({ minimum: 1024 }),
+        /** pino log level. Default info. */
+        logLevel: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l))),
+      },
+      strict,
+    ),
+    budget: Type.Object(
+      {
+        /** CPUs this node may hand out; null = the machine's. */
+        cpuTotal: Nullable(Type.Number({ exclusiveMinimum: 0 })),
+        /** Memory this node may hand out, MiB; null = the machine's. */
+        memoryTotalMb: Nullable(Type.Integer({ minimum: 1 })),
+      },
+      strict,
+    ),
+    runs: Type.Object(
+      {
+        /** Runs executing at once; null = number of CPUs. */
+        concurrency: Nullable(Type.Integer({ minimum: 1 })),
+        /** Runs waiting; past it, 429 with Retry-After. */
+        queueMax: Type.Integer({ minimum: 0 }),
+        /** Limits of the run stage when a request gives none. */
+        defaults: ExecLimitsSchema,
+        /** Limits of the compile stage when a language gives none. */
+        compileDefaults: ExecLimitsSchema,
+        /** Highest limits a request may ask for; above is a 400. */
+        maxima: ExecLimitsSchema,
+        /** Finished runs kept in the store, days. */
+        retentionDays: Type.Integer({ minimum: 1 }),
+      },
+      strict,
+    ),
+    /** Sandbox limits of templates that set none. */
+    sandboxDefaults: SandboxLimitsSchema,
+    runtimes: Type.Object(
+      {
+        process: Type.Object(
+          {
+            /** Host uid/gid the sandboxed code runs as (never root). Default 65534 (nobody). */
+            uid: Type.Integer({ minimum: 1 }),
+            gid: Type.Integer({ minimum: 1 }),
+            /** Host dirs bound read-only into sandboxes of templates without a rootfs. */
+            systemDirs: Type.Array(Type.String({ minLength: 1 })),
+          },
+          strict,
+        ),
+        docker: Type.Object(
+          {
+            /** Docker Engine socket. Default /var/run/docker.sock */
+            socketPath: Type.String({ minLength: 1 }),
+            /** OCI runtime for the docker driver. Default runc. */
+            ociRuntime: Type.String({ minLength: 1 }),
+          },
+          strict,
+        ),
+      },
+      strict,
+    ),
+    templates: Type.Record(Type.String({ pattern: '^[a-z0-9][a-z0-9_-]*$' }), TemplateSchema),
+    languages: Type.Record(Type.String({ pattern: '^[a-z0-9][a-z0-9_+-]*$' }), LanguageSchema),
+  },
+  strict,
+);
+export type KilnConfig = Static<typeof ConfigSchema>;
