@@ -1,0 +1,97 @@
+/**
+ * The command line that starts one exec of the process runtime.
+ *
+ * A root-owned /bin/sh launcher (1) joins the exec's cgroup, so the limits
+ * hold before any user code exists, (2) sets rlimits as a backstop, (3) opens
+ * the work dir as fd 5 (bwrap binds the fd, so no path is followed as the
+ * sandbox user), then (4) drops to the unprivileged uid with no new privileges
+ * and execs bubblewrap, which makes new user, pid, net, ipc, uts and cgroup
+ * namespaces, drops every capability and runs the command.
+ */
+import { lstatSync, readlinkSync } from 'node:fs';
+import { WORK_DIR } from '../types.js';
+
+/** fd numbers shared by the launcher script and the spawn call. */
+export const STATUS_FD = 3;
+const WORK_FD = 5;
+
+const LAUNCHER = [
+  // $1.. are cgroup.procs files up to "--"
+  'while [ "$1" != "--" ]; do echo $$ > "$1" || { echo "kiln-launcher: cannot join cgroup $1" >&2; exit 125; }; shift; done; shift',
+  'ulimit -c 0',
+  'ulimit -t "$1" || exit 125; shift',
+  `exec ${WORK_FD}<"$1" || { echo "kiln-launcher: cannot open work dir" >&2; exit 125; }; shift`,
+  'exec "$@"',
+].join('\n');
+
+export interface LaunchSpec {
+  cgroupProcsFiles: string[];
+  /** RLIMIT_CPU seconds per process: a backstop under the cgroup CPU deadline. */
+  cpuSeconds: number;
+  workDir: string;
+  uid: number;
+  gid: number;
+  /** Template rootfs dir; when absent, `systemDirs` of the host are bound read-only. */
+  rootfs?: string;
+  systemDirs: string[];
+  tmpBytes: number;
+  env: Record<string, string>;
+  cwd: string;
+  command: string[];
+}
+
+/** argv for `spawn(argv[0], argv.slice(1), {stdio: [.., .., .., 'pipe']})`. */
+export function launchArgv(s: LaunchSpec): string[] {
+  const bwrap = [
+    'bwrap',
+    '--unshare-user',
+    '--unshare-pid',
+    '--unshare-net',
+    '--unshare-ipc',
+    '--unshare-uts',
+    '--unshare-cgroup',
+    '--disable-userns',
+    '--die-with-parent',
+    '--new-session',
+    '--hostname',
+    'kiln',
+    '--clearenv',
+    ...rootArgs(s),
+    '--proc',
+    '/proc',
+    '--dev',
+    '/dev',
+    '--size',
+    String(s.tmpBytes),
+    '--tmpfs',
+    '/tmp',
+    '--bind-fd',
+    String(WORK_FD),
+    WORK_DIR,
+    '--chdir',
+    s.cwd,
+    '--json-status-fd',
+    String(STATUS_FD),
+  ];
+  for (const [k, v] of Object.entries(s.env)) bwrap.push('--setenv', k, v);
+  bwrap.push('--', ...s.command);
+  const setpriv = ['setpriv', `--reuid=${s.uid}`, `--regid=${s.gid}`, '--clear-groups', '--no-new-privs', '--'];
+  return ['/bin/sh', '-c', LAUNCHER, 'kiln-launcher', ...s.cgroupProcsFiles, '--', String(s.cpuSeconds), s.workDir, ...setpriv, ...bwrap];
+}
+
+/** Mounts that make `/`: a template rootfs, or the host's system dirs read-only (links kept as links). */
+function rootArgs(s: LaunchSpec): string[] {
+  if (s.rootfs) return ['--ro-bind', s.rootfs, '/'];
+  const out: string[] = [];
+  for (const dir of s.systemDirs) {
+    let st;
+    try {
+      st = lstatSync(dir);
+    } catch {
+      continue; // a dir this host lacks (e.g. /lib64 on arm64)
+    }
+    if (st.isSymbolicLink()) out.push('--symlink', readlinkSync(dir), dir);
+    else out.push('--ro-bind', dir, dir);
+  }
+  return out;
+}

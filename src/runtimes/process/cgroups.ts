@@ -1,0 +1,231 @@
+/**
+ * Kernel-enforced limits for the process runtime, on cgroup v2 and on v1.
+ *
+ * v2: one unified tree; kiln's cgroups live under /sys/fs/cgroup/kiln.
+ * v1: one tree per controller (memory, pids, cpu, cpuacct, freezer); kiln
+ *     makes the same relative path in each. Hybrid machines (v1 controllers
+ *     beside an empty v2 mount at /sys/fs/cgroup/unified) are treated as v1.
+ *
+ * A `Cgroup` is created with limits, joined by writing a pid to the files
+ * `procsFiles()` lists (done by the sandbox's launcher before the user's code
+ * starts), read for usage, killed as a whole and removed.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, readFile, rmdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+const ROOT = '/sys/fs/cgroup';
+const V1_CONTROLLERS = ['memory', 'pids', 'cpu', 'cpuacct', 'freezer'] as const;
+
+export type CgroupMode = 'v2' | 'v1';
+
+export function detectCgroupMode(): CgroupMode | undefined {
+  if (existsSync(join(ROOT, 'cgroup.controllers'))) return 'v2';
+  if (existsSync(join(ROOT, 'memory', 'memory.limit_in_bytes'))) return 'v1';
+  return undefined;
+}
+
+export interface CgroupLimits {
+  memoryMb: number;
+  pids: number;
+  cpus: number;
+}
+
+export interface CgroupUsage {
+  cpuMs: number;
+  /** Peak memory since creation, KiB (current usage where no peak is kept). */
+  memoryKb: number;
+  /** Times the OOM killer acted. */
+  oomKills: number;
+  /** Times a fork was refused by pids.max. */
+  pidsMaxHits: number;
+  pids: number;
+}
+
+async function readNumber(path: string): Promise<number> {
+  try {
+    const n = Number((await readFile(path, 'utf8')).trim().split(/\s+/)[0]);
+    return Number.isFinite(n) ? n : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Value of `key` in a flat-keyed file (memory.events, pids.events, memory.oom_control, cpu.stat). */
+async function readKey(path: string, key: string): Promise<number> {
+  try {
+    const text = await readFile(path, 'utf8');
+    const m = new RegExp(`^${key} (\\d+)$`, 'm').exec(text);
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+async function tryWrite(path: string, value: string): Promise<boolean> {
+  try {
+    await writeFile(path, value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export class Cgroup {
+  private constructor(
+    readonly mode: CgroupMode,
+    /** Path relative to the controller root(s), e.g. `kiln/<instance>/<sandbox>`. */
+    readonly rel: string,
+  ) {}
+
+  /** Directory of this cgroup for a controller (v1) or the unified tree (v2). */
+  private dir(controller: (typeof V1_CONTROLLERS)[number]): string {
+    return this.mode === 'v2' ? join(ROOT, this.rel) : join(ROOT, controller, this.rel);
+  }
+
+  /** A handle on an existing cgroup (to kill and remove an orphan). */
+  static attach(mode: CgroupMode, rel: string): Cgroup {
+    return new Cgroup(mode, rel);
+  }
+
+  /** Make the cgroup (parents included) and set its limits. */
+  static async create(mode: CgroupMode, rel: string, limits: CgroupLimits): Promise<Cgroup> {
+    const cg = new Cgroup(mode, rel);
+    if (mode === 'v2') {
+      await enableV2Controllers(rel);
+      const d = join(ROOT, rel);
+      await mkdir(d, { recursive: true });
+      await writeFile(join(d, 'memory.max'), String(limits.memoryMb * 1024 * 1024));
+      await tryWrite(join(d, 'memory.swap.max'), '0');
+      await writeFile(join(d, 'pids.max'), String(limits.pids));
+      await writeFile(join(d, 'cpu.max'), `${Math.max(1000, Math.round(limits.cpus * 100000))} 100000`);
+    } else {
+      for (const c of V1_CONTROLLERS) {
+        if (existsSync(join(ROOT, c))) await mkdir(cg.dir(c), { recursive: true });
+      }
+      const mem = cg.dir('memory');
+      await writeFile(join(mem, 'memory.limit_in_bytes'), String(limits.memoryMb * 1024 * 1024));
+      // Without swap accounting this file is absent; the memory limit alone then holds.
+      await tryWrite(join(mem, 'memory.memsw.limit_in_bytes'), String(limits.memoryMb * 1024 * 1024));
+      await writeFile(join(cg.dir('pids'), 'pids.max'), String(limits.pids));
+      await writeFile(join(cg.dir('cpu'), 'cpu.cfs_period_us'), '100000');
+      await writeFile(join(cg.dir('cpu'), 'cpu.cfs_quota_us'), String(Math.max(1000, Math.round(limits.cpus * 100000))));
+    }
+    return cg;
+  }
+
+  /** Files a launcher writes its own pid into to join every controller. */
+  procsFiles(): string[] {
+    if (this.mode === 'v2') return [join(ROOT, this.rel, 'cgroup.procs')];
+    return V1_CONTROLLERS.filter((c) => existsSync(join(ROOT, c))).map((c) => join(this.dir(c), 'cgroup.procs'));
+  }
+
+  async usage(): Promise<CgroupUsage> {
+    if (this.mode === 'v2') {
+      const d = join(ROOT, this.rel);
+      const peak = await readNumber(join(d, 'memory.peak'));
+      return {
+        cpuMs: (await readKey(join(d, 'cpu.stat'), 'usage_usec')) / 1000,
+        memoryKb: Math.round((peak || (await readNumber(join(d, 'memory.current')))) / 1024),
+        oomKills: await readKey(join(d, 'memory.events'), 'oom_kill'),
+        pidsMaxHits: await readKey(join(d, 'pids.events'), 'max'),
+        pids: await readNumber(join(d, 'pids.current')),
+      };
+    }
+    const mem = this.dir('memory');
+    return {
+      cpuMs: (await readNumber(join(this.dir('cpuacct'), 'cpuacct.usage'))) / 1e6,
+      memoryKb: Math.round((await readNumber(join(mem, 'memory.max_usage_in_bytes'))) / 1024),
+      oomKills: await readKey(join(mem, 'memory.oom_control'), 'oom_kill'),
+      pidsMaxHits: await readKey(join(this.dir('pids'), 'pids.events'), 'max'),
+      pids: await readNumber(join(this.dir('pids'), 'pids.current')),
+    };
+  }
+
+  /** CPU time used so far, ms; the cheap read the CPU deadline polls. */
+  async cpuMs(): Promise<number> {
+    if (this.mode === 'v2') return (await readKey(join(ROOT, this.rel, 'cpu.stat'), 'usage_usec')) / 1000;
+    return (await readNumber(join(this.dir('cpuacct'), 'cpuacct.usage'))) / 1e6;
+  }
+
+  /** Pids of every process in the cgroup (descendant cgroups included on v2 via cgroup.kill). */
+  async pids(): Promise<number[]> {
+    const file = this.mode === 'v2' ? join(ROOT, this.rel, 'cgroup.procs') : join(this.dir('pids'), 'cgroup.procs');
+    try {
+      return (await readFile(file, 'utf8')).split('\n').filter(Boolean).map(Number);
+    } catch {
+      return [];
+    }
+  }
+
+  /**
+   * Kill every process inside. v2 has cgroup.kill; on v1 the freezer stops a
+   * fork bomb from outrunning the loop, then every pid gets SIGKILL.
+   */
+  async killAll(): Promise<void> {
+    if (this.mode === 'v2' && (await tryWrite(join(ROOT, this.rel, 'cgroup.kill'), '1'))) return;
+    const freezer = this.mode === 'v1' && existsSync(this.dir('freezer')) ? join(this.dir('freezer'), 'freezer.state') : undefined;
+    for (let round = 0; round < 50; round++) {
+      const pids = await this.pids();
+      if (pids.length === 0) break;
+      if (freezer) await tryWrite(freezer, 'FROZEN');
+      for (const pid of pids) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* already gone */
+        }
+      }
+      if (freezer) await tryWrite(freezer, 'THAWED');
+      await new Promise((r) => setTimeout(r, round < 5 ? 1 : 10));
+    }
+  }
+
+  /** Kill what is left and remove the cgroup (children first). */
+  async remove(): Promise<void> {
+    await this.killAll();
+    const dirs = this.mode === 'v2' ? [join(ROOT, this.rel)] : V1_CONTROLLERS.map((c) => this.dir(c));
+    for (const d of dirs) await removeTree(d);
+  }
+}
+
+/** rmdir a cgroup and its child cgroups, deepest first; retries while the kernel finishes exits. */
+async function removeTree(dir: string): Promise<void> {
+  if (!existsSync(dir)) return;
+  for (const entry of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    if (entry.isDirectory()) await removeTree(join(dir, entry.name));
+  }
+  for (let i = 0; i < 100; i++) {
+    try {
+      await rmdir(dir);
+      return;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return;
+      if (code !== 'EBUSY') throw e;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+}
+
+/** v2 only delegates controllers a parent enabled in cgroup.subtree_control. */
+async function enableV2Controllers(rel: string): Promise<void> {
+  const parts = rel.split('/');
+  let dir = ROOT;
+  for (const p of parts.slice(0, -1)) {
+    await tryWrite(join(dir, 'cgroup.subtree_control'), '+memory +pids +cpu');
+    dir = join(dir, p);
+    await mkdir(dir, { recursive: true });
+  }
+  await tryWrite(join(dir, 'cgroup.subtree_control'), '+memory +pids +cpu');
+}
+
+/** Child cgroup names directly under `rel` (for finding orphans). */
+export async function listChildren(mode: CgroupMode, rel: string): Promise<string[]> {
+  const dir = mode === 'v2' ? join(ROOT, rel) : join(ROOT, 'pids', rel);
+  try {
+    return (await readdir(dir, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => e.name);
+  } catch {
+    return [];
+  }
+}

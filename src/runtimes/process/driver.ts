@@ -1,0 +1,358 @@
+/**
+ * The `process` runtime: sandboxes from bubblewrap namespaces and cgroups.
+ *
+ * A sandbox is a work dir (a size-capped tmpfs owned by the sandbox uid) plus
+ * a cgroup holding the sandbox's limits. Each exec is a fresh bubblewrap in a
+ * child cgroup with the exec's own limits, so usage and OOM kills are counted
+ * per exec. The wall deadline kills bwrap, and with it the sandbox's pid
+ * namespace (the kernel kills every process when its init dies); the cgroup is
+ * then swept as a second line.
+ */
+import { spawn, execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { chmod, chown, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { join, posix } from 'node:path';
+import { promisify } from 'node:util';
+import { constants as osConstants } from 'node:os';
+import { KilnError } from '../../errors.js';
+import { CappedBuffer } from '../../sandbox/output.js';
+import { checkRelativePath } from '../../sandbox/paths.js';
+import type { ExecKill, ExecRequest, ExecResult, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
+import { WORK_DIR } from '../types.js';
+import { Cgroup, detectCgroupMode, listChildren, type CgroupMode } from './cgroups.js';
+import { launchArgv, STATUS_FD } from './bwrap.js';
+
+const run = promisify(execFile);
+
+export interface ProcessRuntimeOptions {
+  /** This kiln instance; sandboxes and cgroups are named under it so orphans can be found. */
+  instanceId: string;
+  /**
+   * Where sandboxes' work dirs live. Not under the data dir: that one is 0700
+   * (it holds the store), while bwrap resolves work dirs as the sandbox uid.
+   */
+  sandboxRoot: string;
+  uid: number;
+  gid: number;
+  systemDirs: string[];
+}
+
+/** Options a process template may set (`templates.<name>` in kiln.yaml). */
+export interface ProcessTemplate {
+  rootfs?: string;
+}
+
+const BASE_ENV: Record<string, string> = {
+  PATH: '/usr/local/bin:/usr/bin:/bin',
+  HOME: '/tmp',
+  TMPDIR: '/tmp',
+  LANG: 'C.UTF-8',
+};
+
+/** How often the CPU deadline reads the cgroup's usage, ms. */
+const CPU_POLL_MS = 20;
+
+export class ProcessRuntime implements Runtime {
+  readonly name = 'process';
+  private readonly mode: CgroupMode | undefined = detectCgroupMode();
+  private readonly sandboxesDir: string;
+  private readonly cgroupBase: string;
+  private readonly live = new Set<ProcessSandbox>();
+
+  constructor(private readonly opts: ProcessRuntimeOptions) {
+    this.sandboxesDir = join(opts.sandboxRoot, opts.instanceId);
+    this.cgroupBase = `kiln/${opts.instanceId}`;
+  }
+
+  async check(): Promise<RuntimeCheck> {
+    const fix: string[] = [];
+    let version = '';
+    try {
+      version = (await run('bwrap', ['--version'])).stdout.trim();
+    } catch {
+      fix.push('install bubblewrap (apt-get install bubblewrap)');
+    }
+    if (!this.mode) fix.push('mount cgroups (v2 at /sys/fs/cgroup, or v1 memory/pids/cpu controllers)');
+    if (process.getuid?.() !== 0) fix.push('run kiln as root: it makes cgroups, mounts size-capped work dirs and drops to an unprivileged uid');
+    if (fix.length === 0) {
+      try {
+        const sb = await this.create({ template: 'doctor', limits: { cpus: 1, memoryMb: 64, pids: 16, diskMb: 1 } });
+        try {
+          const r = await sb.exec({ command: ['/bin/sh', '-c', 'echo ok'], limits: { wallMs: 5000, cpuMs: 5000, memoryMb: 64, pids: 16, outputBytes: 100 } });
+          if (r.stdout.toString().trim() !== 'ok') fix.push(`a test sandbox did not run: ${r.stderr.toString().trim().slice(0, 300)}`);
+        } finally {
+          await sb.destroy();
+        }
+      } catch (e) {
+        fix.push(`a test sandbox failed: ${(e as Error).message}; are unprivileged user namespaces allowed (sysctl user.max_user_namespaces > 0)?`);
+      }
+    }
+    return fix.length === 0
+      ? { runtime: this.name, ok: true, detail: `${version}, cgroup ${this.mode}` }
+      : { runtime: this.name, ok: false, detail: version || 'bubblewrap not found', fix: fix.join('; ') };
+  }
+
+  async create(spec: SandboxSpec): Promise<Sandbox> {
+    if (!this.mode) throw new KilnError('runtime_unavailable', 'process runtime: no usable cgroup hierarchy on this machine (see kiln doctor)', 503);
+    const options = (spec.options ?? {}) as ProcessTemplate;
+    if (options.rootfs !== undefined && !existsSync(options.rootfs)) {
+      throw new KilnError('invalid_template', `template ${spec.template}: rootfs ${options.rootfs} does not exist`, 500);
+    }
+    const id = `kp-${randomBytes(8).toString('hex')}`;
+    const dir = join(this.sandboxesDir, id);
+    const work = join(dir, 'work');
+    // bwrap resolves the work dir's path as the sandbox uid, so its parents must be
+    // traversable (0711: not listable); the work dir itself is the sandbox uid's alone.
+    await mkdir(work, { recursive: true });
+    await chmod(this.opts.sandboxRoot, 0o711);
+    await chmod(this.sandboxesDir, 0o711);
+    await chmod(dir, 0o711);
+    let mounted = false;
+    let cgroup: Cgroup | undefined;
+    try {
+      if (process.getuid?.() === 0) {
+        // A tmpfs caps the work dir's size in the kernel, and its pages count against the memory cgroup of whoever writes them.
+        await run('mount', ['-t', 'tmpfs', '-o', `size=${spec.limits.diskMb}m,mode=0700,uid=${this.opts.uid},gid=${this.opts.gid},nosuid,nodev`, `kiln-${id}`, work]);
+        mounted = true;
+      } else {
+        await chown(work, this.opts.uid, this.opts.gid).catch(() => undefined);
+      }
+      cgroup = await Cgroup.create(this.mode, `${this.cgroupBase}/${id}`, spec.limits);
+    } catch (e) {
+      if (mounted) await run('umount', ['-l', work]).catch(() => undefined);
+      await rm(dir, { recursive: true, force: true });
+      throw new KilnError('sandbox_failed', `process runtime: cannot create sandbox: ${(e as Error).message}`, 500, { cause: e });
+    }
+    const sb = new ProcessSandbox(id, dir, work, mounted, cgroup, spec, this.opts, this.mode, () => this.live.delete(sb));
+    this.live.add(sb);
+    return sb;
+  }
+
+  async listOwn(): Promise<string[]> {
+    const dirs = await readdir(this.sandboxesDir).catch(() => [] as string[]);
+    const cgroups = this.mode ? await listChildren(this.mode, this.cgroupBase) : [];
+    return [...new Set([...dirs, ...cgroups])].filter((n) => n.startsWith('kp-'));
+  }
+
+  async reapOrphans(): Promise<number> {
+    const liveIds = new Set([...this.live].map((s) => s.id));
+    const orphans = (await this.listOwn()).filter((id) => !liveIds.has(id));
+    for (const id of orphans) {
+      if (this.mode) await Cgroup.attach(this.mode, `${this.cgroupBase}/${id}`).remove();
+      await removeWorkDir(join(this.sandboxesDir, id));
+    }
+    return orphans.length;
+  }
+
+  async close(): Promise<void> {
+    /* no connections to release */
+  }
+}
+
+/** Unmount (if mounted) and delete a sandbox dir. Its processes are dead by now, so nothing can swap paths under us. */
+async function removeWorkDir(dir: string): Promise<void> {
+  const work = join(dir, 'work');
+  // Lazy unmount: nothing inside the tmpfs is ever opened by the host.
+  await run('umount', ['-l', work]).catch(() => undefined);
+  await rm(dir, { recursive: true, force: true });
+}
+
+class ProcessSandbox implements Sandbox {
+  readonly runtime = 'process';
+  private execSeq = 0;
+  /** Once code has run inside, the host stops writing into the work dir itself. */
+  private codeHasRun = false;
+  private destroyed = false;
+  private readonly running = new Set<Promise<unknown>>();
+
+  constructor(
+    readonly id: string,
+    private readonly dir: string,
+    private readonly work: string,
+    private readonly mounted: boolean,
+    private readonly cgroup: Cgroup,
+    private readonly spec: SandboxSpec,
+    private readonly opts: ProcessRuntimeOptions,
+    private readonly mode: CgroupMode,
+    private readonly onDestroy: () => void,
+  ) {}
+
+  async exec(req: ExecRequest): Promise<ExecResult> {
+    if (this.destroyed) throw new KilnError('sandbox_gone', `sandbox ${this.id} was destroyed`, 410);
+    if (req.command.length === 0) throw new KilnError('invalid_request', 'command: must name a program', 400);
+    this.codeHasRun = true;
+    const p = this.execInner(req);
+    this.running.add(p);
+    try {
+      return await p;
+    } finally {
+      this.running.delete(p);
+    }
+  }
+
+  private async execInner(req: ExecRequest): Promise<ExecResult> {
+    const lim = this.spec.limits;
+    const limits = req.limits;
+    const cg = await Cgroup.create(this.mode, `${this.cgroup.rel}/e${++this.execSeq}`, {
+      memoryMb: Math.min(limits.memoryMb, lim.memoryMb),
+      pids: Math.min(limits.pids, lim.pids),
+      cpus: lim.cpus,
+    });
+    const argv = launchArgv({
+      cgroupProcsFiles: cg.procsFiles(),
+      cpuSeconds: Math.ceil(limits.cpuMs / 1000) + 1,
+      workDir: this.work,
+      uid: this.opts.uid,
+      gid: this.opts.gid,
+      rootfs: (this.spec.options as ProcessTemplate | undefined)?.rootfs,
+      systemDirs: this.opts.systemDirs,
+      tmpBytes: lim.diskMb * 1024 * 1024,
+      env: { ...BASE_ENV, ...this.spec.env, ...req.env },
+      cwd: req.cwd ? posix.resolve(WORK_DIR, req.cwd) : WORK_DIR,
+      command: req.command,
+    });
+
+    const started = performance.now();
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe', 'pipe'] });
+    let killedBy: ExecKill = null;
+    const kill = (why: ExecKill) => {
+      if (killedBy === null) killedBy = why;
+      child.kill('SIGKILL');
+      void cg.killAll();
+    };
+    const stdout = new CappedBuffer(limits.outputBytes, () => kill('output_limit'), req.onStdout);
+    const stderr = new CappedBuffer(limits.outputBytes, () => kill('output_limit'), req.onStderr);
+    child.stdout!.on('data', (c: Buffer) => stdout.push(c));
+    child.stderr!.on('data', (c: Buffer) => stderr.push(c));
+    let status = '';
+    (child.stdio[STATUS_FD] as NodeJS.ReadableStream).on('data', (c: Buffer) => (status += c.toString()));
+
+    child.stdin!.on('error', () => undefined); // the program may exit without reading its stdin
+    if (req.stdin !== undefined && req.stdin.length > 0) child.stdin!.end(req.stdin);
+    else child.stdin!.end();
+
+    const wallTimer = setTimeout(() => kill('wall_timeout'), limits.wallMs);
+    let polling = false;
+    const cpuTimer = setInterval(() => {
+      if (polling) return;
+      polling = true;
+      void cg.cpuMs().then((ms) => {
+        polling = false;
+        if (ms > limits.cpuMs) kill('cpu_timeout');
+      });
+    }, CPU_POLL_MS);
+
+    const exit = await new Promise<{ code: number | null; signal: NodeJS.Signals | null; spawnError?: Error }>((resolve) => {
+      child.once('error', (err) => resolve({ code: null, signal: null, spawnError: err }));
+      child.once('close', (code, signal) => resolve({ code, signal }));
+    });
+    const wallMs = Math.round(performance.now() - started);
+    clearTimeout(wallTimer);
+    clearInterval(cpuTimer);
+
+    const usage = await cg.usage();
+    await cg.remove();
+    if (exit.spawnError) throw new KilnError('sandbox_failed', `process runtime: cannot start bwrap: ${exit.spawnError.message}`, 500);
+    const setupFailed = !status.includes('child-pid') || (exit.code === 1 && stderr.toBuffer().subarray(0, 7).toString() === 'bwrap: ');
+    if (killedBy === null && setupFailed) {
+      // bwrap (or the launcher) failed before the command existed: our fault, not the program's.
+      // (A program printing "bwrap: " and exiting 1 only turns its own run into an internal error.)
+      throw new KilnError('sandbox_failed', `process runtime: sandbox setup failed: ${stderr.toBuffer().toString().trim().slice(0, 500)}`, 500);
+    }
+    if (killedBy === null && usage.cpuMs > limits.cpuMs) killedBy = 'cpu_timeout';
+
+    const { exitCode, signal } = decodeExit(exit.code, exit.signal, killedBy !== null);
+    return {
+      stdout: stdout.toBuffer(),
+      stderr: stderr.toBuffer(),
+      exitCode,
+      signal,
+      wallMs,
+      cpuMs: Math.round(usage.cpuMs),
+      memoryKb: usage.memoryKb,
+      oomKilled: usage.oomKills > 0,
+      pidsLimitHit: usage.pidsMaxHits > 0,
+      killedBy,
+      truncated: stdout.truncated || stderr.truncated,
+    };
+  }
+
+  async putFile(path: string, data: Buffer): Promise<void> {
+    const rel = checkRelativePath(path);
+    if (!this.codeHasRun) {
+      // Nothing has run inside yet, so no link can have been planted: write directly.
+      // 'wx' (O_CREAT|O_EXCL) refuses to follow anything already at the path all the same.
+      const target = join(this.work, rel);
+      const parent = posix.dirname(rel);
+      if (parent !== '.') {
+        await mkdir(join(this.work, parent), { recursive: true });
+        await chownTree(this.work, parent, this.opts.uid, this.opts.gid);
+      }
+      await writeFile(target, data, { flag: 'wx', mode: 0o644 });
+      await chown(target, this.opts.uid, this.opts.gid);
+      return;
+    }
+    const r = await this.exec({
+      command: ['/bin/sh', '-c', 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"', 'put', rel],
+      stdin: data,
+      limits: fileLimits(this.spec.limits.memoryMb),
+    });
+    if (r.exitCode !== 0) throw new KilnError('file_write_failed', `cannot write ${rel}: ${r.stderr.toString().trim() || `exit ${r.exitCode}`}`, 400);
+  }
+
+  async getFile(path: string, maxBytes: number): Promise<Buffer | undefined> {
+    const rel = checkRelativePath(path);
+    // Read with the sandbox's own rights: a planted link leads only where the sandbox could already read.
+    const r = await this.exec({
+      command: ['/bin/sh', '-c', '[ -f "$1" ] || exit 3; exec head -c "$2" -- "$1"', 'get', rel, String(maxBytes + 1)],
+      limits: { ...fileLimits(this.spec.limits.memoryMb), outputBytes: maxBytes + 1 },
+    });
+    if (r.exitCode === 3) return undefined;
+    if (r.exitCode !== 0) throw new KilnError('file_read_failed', `cannot read ${rel}: ${r.stderr.toString().trim() || `exit ${r.exitCode}`}`, 400);
+    if (r.stdout.length > maxBytes) throw new KilnError('file_too_large', `${rel} is larger than ${maxBytes} bytes`, 413);
+    return r.stdout;
+  }
+
+  async stats(): Promise<SandboxStats> {
+    const u = await this.cgroup.usage();
+    return { cpuMs: Math.round(u.cpuMs), memoryKb: u.memoryKb, pids: u.pids };
+  }
+
+  async destroy(): Promise<void> {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    await this.cgroup.killAll();
+    await Promise.allSettled([...this.running]);
+    await this.cgroup.remove();
+    if (this.mounted) await run('umount', ['-l', this.work]).catch(() => undefined);
+    await rm(this.dir, { recursive: true, force: true });
+    this.onDestroy();
+  }
+}
+
+function fileLimits(memoryMb: number) {
+  return { wallMs: 10000, cpuMs: 10000, memoryMb: Math.min(64, memoryMb), pids: 8, outputBytes: 64 * 1024 };
+}
+
+async function chownTree(root: string, relDir: string, uid: number, gid: number): Promise<void> {
+  let cur = root;
+  for (const part of relDir.split('/')) {
+    cur = join(cur, part);
+    await chown(cur, uid, gid);
+  }
+}
+
+const SIGNAL_NAMES = new Map(Object.entries(osConstants.signals).map(([name, n]) => [n, name]));
+
+/**
+ * bwrap reports a child killed by signal N as exit status 128+N. Such a status
+ * is read as the signal (as shells do); a program that exits with 137 on
+ * purpose is reported as SIGKILL — the same convention Docker uses.
+ */
+function decodeExit(code: number | null, signal: NodeJS.Signals | null, killedByUs: boolean): { exitCode: number | null; signal: string | null } {
+  if (killedByUs) return { exitCode: null, signal: 'SIGKILL' };
+  if (signal) return { exitCode: null, signal };
+  if (code !== null && code > 128 && SIGNAL_NAMES.has(code - 128)) return { exitCode: null, signal: SIGNAL_NAMES.get(code - 128)! };
+  return { exitCode: code, signal: null };
+}
