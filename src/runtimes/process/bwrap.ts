@@ -68,6 +68,9 @@ export function launchArgv(s: LaunchSpec): string[] {
     '--bind-fd',
     String(WORK_FD),
     WORK_DIR,
+    // Everything outside /work, /tmp and /dev is read-only, the root tmpfs bwrap made included.
+    '--remount-ro',
+    '/',
     '--chdir',
     s.cwd,
     '--json-status-fd',

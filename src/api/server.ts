@@ -1,0 +1,115 @@
+/**
+ * The HTTP API: Fastify routes over the services. Routes translate HTTP to
+ * service calls and back; they hold no business logic.
+ */
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import type { Kiln } from '../app.js';
+import { KilnError, isKilnError } from '../errors.js';
+import { storeReady } from '../store/db.js';
+import { ErrorSchema, LanguageSchema, RunRequestSchema, RunSchema } from './schemas.js';
+import { streamRunEvents } from './sse.js';
+
+export const VERSION = '0.1.0';
+
+export interface ApiOptions {
+  logger?: boolean | object;
+}
+
+export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: opts.logger ?? false,
+    bodyLimit: kiln.config.server.bodyLimitBytes,
+    // Secrets must not reach logs: log method and route, never headers or bodies.
+    disableRequestLogging: false,
+  });
+
+  // Requests are validated by the services with messages that name the field; schemas here document.
+  app.setValidatorCompiler(() => () => true);
+  app.setSerializerCompiler(() => (data) => JSON.stringify(data));
+  // `curl -d '{...}'` sends form encoding: take any body as JSON so the README's one-liners work.
+  app.addContentTypeParser(['application/x-www-form-urlencoded', 'text/plain'], { parseAs: 'string' }, (_req, body, done) => {
+    try {
+      done(null, JSON.parse(body as string));
+    } catch {
+      done(new KilnError('invalid_json', 'body: not valid JSON', 400), undefined);
+    }
+  });
+
+  app.setErrorHandler((err: unknown, _req, reply) => sendError(reply, err, app));
+  app.setNotFoundHandler((req, reply) => sendError(reply, new KilnError('not_found', `no route ${req.method} ${req.url.split('?')[0]}`, 404), app));
+
+  await app.register(swagger, {
+    openapi: { info: { title: 'Kiln API', version: VERSION, description: 'Isolated, fast-to-start compute: runs, sessions, jobs.' } },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+  app.addSchema(ErrorSchema);
+
+  app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));
+  app.get('/readyz', { schema: { hide: true } }, async (_req, reply) => {
+    const ok = await storeReady(kiln.db);
+    return reply.code(ok ? 200 : 503).send({ ok });
+  });
+  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
+    return reply.type(kiln.metrics.registry.contentType).send(await kiln.metrics.registry.metrics());
+  });
+  app.get('/v1/info', async () => ({
+    version: VERSION,
+    instanceId: kiln.instanceId,
+    runtimes: await kiln.runtimes.checkAll(),
+    budget: kiln.budget.snapshot(),
+    queue: { depth: kiln.runs.queue.depth, running: kiln.runs.queue.running, max: kiln.config.runs.queueMax },
+  }));
+  app.get('/v1/languages', { schema: { response: { 200: { type: 'array', items: LanguageSchema } } } }, async () => kiln.runs.languages());
+  app.get('/v1/templates', async () =>
+    Object.entries(kiln.config.templates).map(([name, t]) => ({ name, runtime: t.runtime, image: t.image, limits: { ...kiln.config.sandboxDefaults, ...t.limits } })),
+  );
+
+  app.post(
+    '/v1/runs',
+    { schema: { body: RunRequestSchema, response: { 200: RunSchema, 202: RunSchema, 400: { $ref: 'Error#' }, 429: { $ref: 'Error#' } } } },
+    async (req, reply) => {
+      const { run, wait } = await kiln.runs.submit(req.body);
+      if (!wait) return reply.code(202).send({ id: run.id, status: run.status });
+      return reply.send(await kiln.runs.waitDone(run.id));
+    },
+  );
+  app.get<{ Params: { id: string } }>('/v1/runs/:id', { schema: { response: { 200: RunSchema, 404: { $ref: 'Error#' } } } }, async (req) =>
+    kiln.runs.get(req.params.id),
+  );
+  app.get<{ Params: { id: string } }>('/v1/runs/:id/events', async (req: FastifyRequest<{ Params: { id: string } }>, reply) => {
+    await kiln.runs.get(req.params.id); // 404 before the stream starts
+    streamRunEvents(kiln, req.params.id, req, reply);
+  });
+
+  return app;
+}
+
+function sendError(reply: FastifyReply, err: unknown, app: FastifyInstance): FastifyReply {
+  const e = toKilnError(err);
+  if (e.status >= 500) app.log.error({ code: e.code, msg: e.message }, 'request failed');
+  if (e.retryAfterS !== undefined) reply.header('Retry-After', String(e.retryAfterS));
+  return reply.code(e.status).type('application/json').send(e.toJSON());
+}
+
+/** Fastify's own errors (body too large, bad JSON …) mapped onto our codes. */
+function toKilnError(err: unknown): KilnError {
+  if (isKilnError(err)) return err;
+  const f = err as { code?: string; statusCode?: number; message?: string };
+  switch (f.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new KilnError('body_too_large', `body: larger than the limit of the server (server.bodyLimitBytes)`, 413);
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new KilnError('unsupported_media_type', 'body: send JSON (Content-Type: application/json)', 415);
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return new KilnError('invalid_json', 'body: empty, expected a JSON object', 400);
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return new KilnError('invalid_request', 'Content-Length does not match the body', 400);
+  }
+  if (f.statusCode && f.statusCode >= 400 && f.statusCode < 500) {
+    const msg = f.message?.startsWith('Body is not valid JSON') || err instanceof SyntaxError ? `body: not valid JSON` : (f.message ?? 'bad request');
+    return new KilnError(err instanceof SyntaxError ? 'invalid_json' : 'invalid_request', msg, f.statusCode);
+  }
+  return new KilnError('internal_error', 'internal error; see the server log', 500);
+}

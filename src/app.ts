@@ -1,0 +1,106 @@
+/**
+ * The composition root: builds the store, runtimes, budget, services and
+ * metrics from one validated config, and tears them down in order. The API
+ * and the CLI's local `kiln run` both start here.
+ */
+import { mkdirSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join, resolve } from 'node:path';
+import type { KilnConfig } from './config/schema.js';
+import { KilnEventBus } from './events.js';
+import { KilnMetrics } from './metrics/index.js';
+import { Budget } from './pools/budget.js';
+import { Runtimes } from './runtimes/index.js';
+import { RunService } from './runs/service.js';
+import { openSqliteStore, type Db } from './store/db.js';
+import { RunStore } from './store/runs.js';
+
+export interface Kiln {
+  config: KilnConfig;
+  instanceId: string;
+  dataDir: string;
+  db: Db;
+  events: KilnEventBus;
+  budget: Budget;
+  runtimes: Runtimes;
+  runs: RunService;
+  metrics: KilnMetrics;
+  /** Orphan sandboxes removed and interrupted runs failed at start. */
+  recovered: { orphans: number; interruptedRuns: number };
+  close(): Promise<void>;
+}
+
+export interface KilnOptions {
+  log?: { warn(obj: object, msg: string): void; error(obj: object, msg: string): void };
+  /** Where process sandboxes' work dirs live; default /run/kiln (root) or <tmp>/kiln-<uid>. */
+  sandboxRoot?: string;
+  /**
+   * For `kiln run FILE`: an in-memory store and an instance id of its own, and
+   * no recovery, so a local run never touches (or reaps) a server's sandboxes.
+   */
+  ephemeral?: boolean;
+}
+
+/** A stable id per data dir: sandboxes are labelled with it so a restart finds what a crash left. */
+function instanceIdFor(dataDir: string): string {
+  const file = join(dataDir, 'instance-id');
+  try {
+    return readFileSync(file, 'utf8').trim();
+  } catch {
+    const id = randomBytes(6).toString('hex');
+    writeFileSync(file, `${id}\n`, { mode: 0o600 });
+    return id;
+  }
+}
+
+export async function startKiln(config: KilnConfig, opts: KilnOptions = {}): Promise<Kiln> {
+  const dataDir = resolve(config.server.dataDir);
+  if (!opts.ephemeral) {
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    chmodSync(dataDir, 0o700); // the store lives here: never readable by sandbox uids
+  }
+  const instanceId = opts.ephemeral ? `local-${randomBytes(4).toString('hex')}` : instanceIdFor(dataDir);
+  const sandboxRoot = opts.sandboxRoot ?? (process.getuid?.() === 0 ? '/run/kiln' : join('/tmp', `kiln-${process.getuid?.() ?? 'user'}`));
+  mkdirSync(sandboxRoot, { recursive: true, mode: 0o711 });
+
+  const db = await openSqliteStore(opts.ephemeral ? ':memory:' : join(dataDir, 'kiln.db'));
+  const store = new RunStore(db);
+  const events = new KilnEventBus((event, err) => opts.log?.warn({ event, err: String(err) }, 'event listener failed'));
+  const budget = new Budget(config.budget.cpuTotal, config.budget.memoryTotalMb);
+  const runtimes = new Runtimes(config, instanceId, sandboxRoot);
+
+  // Recovery before serving: nothing this instance made may outlive a crash unnoticed.
+  let orphans = 0;
+  let interruptedRuns = 0;
+  if (!opts.ephemeral) {
+    orphans = await runtimes.reapOrphans();
+    interruptedRuns = await store.failInterrupted(new Date().toISOString());
+    await store.prune(new Date(Date.now() - config.runs.retentionDays * 86400_000).toISOString());
+  }
+
+  const runs = new RunService({ config, runtimes, store, budget, events, log: opts.log });
+  const metrics = new KilnMetrics(events, {
+    queueDepth: () => runs.queue.depth,
+    runsActive: () => runs.queue.running,
+    budget: () => budget.snapshot(),
+  });
+
+  return {
+    config,
+    instanceId,
+    dataDir,
+    db,
+    events,
+    budget,
+    runtimes,
+    runs,
+    metrics,
+    recovered: { orphans, interruptedRuns },
+    async close() {
+      // Graceful: let accepted runs finish (they hold sandboxes), then release everything.
+      await runs.queue.idle();
+      await runtimes.close();
+      await db.destroy();
+    },
+  };
+}

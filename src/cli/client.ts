@@ -1,0 +1,54 @@
+/** A small HTTP client for the CLI's remote commands: KILN_URL, KILN_TOKEN. */
+import { KilnError } from '../errors.js';
+
+export function serverUrl(): string {
+  return (process.env.KILN_URL ?? 'http://127.0.0.1:7070').replace(/\/+$/, '');
+}
+
+export async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const headers: Record<string, string> = {};
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (process.env.KILN_TOKEN) headers.authorization = `Bearer ${process.env.KILN_TOKEN}`;
+  let res: Response;
+  try {
+    res = await fetch(serverUrl() + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) {
+    throw new KilnError('unreachable', `cannot reach the kiln server at ${serverUrl()} (set KILN_URL): ${(e as Error).cause ?? (e as Error).message}`, 0);
+  }
+  const text = await res.text();
+  let parsed: unknown;
+  try {
+    parsed = text ? JSON.parse(text) : undefined;
+  } catch {
+    parsed = text;
+  }
+  if (!res.ok) {
+    const err = (parsed as { error?: { code: string; message: string } } | undefined)?.error;
+    throw new KilnError(err?.code ?? 'http_error', err?.message ?? `HTTP ${res.status}`, res.status);
+  }
+  return parsed as T;
+}
+
+/** Follow a server-sent event stream, calling `onEvent` for each `data:` JSON. */
+export async function followEvents(path: string, onEvent: (event: string, data: unknown) => void): Promise<void> {
+  const headers: Record<string, string> = { accept: 'text/event-stream' };
+  if (process.env.KILN_TOKEN) headers.authorization = `Bearer ${process.env.KILN_TOKEN}`;
+  const res = await fetch(serverUrl() + path, { headers });
+  if (!res.ok || !res.body) {
+    const body = (await res.json().catch(() => undefined)) as { error?: { code: string; message: string } } | undefined;
+    throw new KilnError(body?.error?.code ?? 'http_error', body?.error?.message ?? `HTTP ${res.status}`, res.status);
+  }
+  const decoder = new TextDecoder();
+  let buf = '';
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    buf += decoder.decode(chunk, { stream: true });
+    let i;
+    while ((i = buf.indexOf('\n\n')) >= 0) {
+      const block = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      const event = /^event: (.*)$/m.exec(block)?.[1] ?? 'message';
+      const data = /^data: (.*)$/m.exec(block)?.[1];
+      if (data) onEvent(event, JSON.parse(data));
+    }
+  }
+}

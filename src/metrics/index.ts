@@ -1,0 +1,36 @@
+/** Prometheus metrics, fed from the event bus; served at GET /metrics. */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { KilnEventBus } from '../events.js';
+
+export class KilnMetrics {
+  readonly registry = new Registry();
+  private readonly runsTotal = new Counter({ name: 'kiln_runs_total', help: 'Finished runs by language and verdict', labelNames: ['language', 'verdict'], registers: [this.registry] });
+  private readonly runDuration = new Histogram({
+    name: 'kiln_run_duration_seconds',
+    help: 'Time from start to done of a run',
+    labelNames: ['language'],
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+  private readonly queueWait = new Histogram({
+    name: 'kiln_run_queue_wait_seconds',
+    help: 'Time a run waited in the queue',
+    buckets: [0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
+    registers: [this.registry],
+  });
+
+  constructor(events: KilnEventBus, gauges: { queueDepth: () => number; runsActive: () => number; budget: () => { cpuUsed: number; memoryUsedMb: number } }) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'kiln_process_' });
+    new Gauge({ name: 'kiln_run_queue_depth', help: 'Runs waiting for a worker', registers: [this.registry], collect() { this.set(gauges.queueDepth()); } });
+    new Gauge({ name: 'kiln_runs_active', help: 'Runs executing now', registers: [this.registry], collect() { this.set(gauges.runsActive()); } });
+    new Gauge({ name: 'kiln_budget_cpu_used', help: 'CPUs reserved by live sandboxes', registers: [this.registry], collect() { this.set(gauges.budget().cpuUsed); } });
+    new Gauge({ name: 'kiln_budget_memory_used_mb', help: 'Memory reserved by live sandboxes, MiB', registers: [this.registry], collect() { this.set(gauges.budget().memoryUsedMb); } });
+    events.on('run:running', (run) => {
+      if (run.startedAt) this.queueWait.observe((Date.parse(run.startedAt) - Date.parse(run.createdAt)) / 1000);
+    });
+    events.on('run:done', (run) => {
+      this.runsTotal.inc({ language: run.language, verdict: run.verdict ?? 'internal_error' });
+      if (run.startedAt && run.finishedAt) this.runDuration.observe({ language: run.language }, (Date.parse(run.finishedAt) - Date.parse(run.startedAt)) / 1000);
+    });
+  }
+}

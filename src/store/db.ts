@@ -1,0 +1,94 @@
+/**
+ * The store: Kysely over SQLite (better-sqlite3) in the data dir. Migrations
+ * run at open, in order, once each. Tables are named for the vocabulary in
+ * DESIGN.md; JSON columns hold stage results as the API returns them.
+ */
+import Database from 'better-sqlite3';
+import { Kysely, Migrator, SqliteDialect, sql, type Migration, type MigrationProvider } from 'kysely';
+
+export interface RunsTable {
+  id: string;
+  language: string;
+  template: string;
+  status: string;
+  verdict: string | null;
+  /** The request as submitted (files included), JSON: runs are reproducible. */
+  request: string;
+  compile: string | null;
+  run: string | null;
+  /** Why a run ended as internal_error (never user secrets). */
+  error: string | null;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+}
+
+export interface MetaTable {
+  key: string;
+  value: string;
+}
+
+export interface Tables {
+  runs: RunsTable;
+  meta: MetaTable;
+}
+
+export type Db = Kysely<Tables>;
+
+const migrations: Record<string, Migration> = {
+  '0001_runs': {
+    async up(db) {
+      await db.schema
+        .createTable('runs')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('language', 'text', (c) => c.notNull())
+        .addColumn('template', 'text', (c) => c.notNull())
+        .addColumn('status', 'text', (c) => c.notNull())
+        .addColumn('verdict', 'text')
+        .addColumn('request', 'text', (c) => c.notNull())
+        .addColumn('compile', 'text')
+        .addColumn('run', 'text')
+        .addColumn('error', 'text')
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('started_at', 'text')
+        .addColumn('finished_at', 'text')
+        .execute();
+      await db.schema.createIndex('runs_status').on('runs').column('status').execute();
+      await db.schema.createIndex('runs_created_at').on('runs').column('created_at').execute();
+      await db.schema.createTable('meta').addColumn('key', 'text', (c) => c.primaryKey()).addColumn('value', 'text', (c) => c.notNull()).execute();
+    },
+  },
+};
+
+class InlineProvider implements MigrationProvider {
+  async getMigrations(): Promise<Record<string, Migration>> {
+    return migrations;
+  }
+}
+
+/** Open (and migrate) the SQLite store at `file`. */
+export async function openSqliteStore(file: string): Promise<Db> {
+  const sqlite = new Database(file);
+  // WAL: readers never block the single writer; NORMAL sync is durable across process crashes.
+  sqlite.pragma('journal_mode = WAL');
+  sqlite.pragma('synchronous = NORMAL');
+  sqlite.pragma('busy_timeout = 5000');
+  const db = new Kysely<Tables>({ dialect: new SqliteDialect({ database: sqlite }) });
+  const { error, results } = await new Migrator({ db, provider: new InlineProvider() }).migrateToLatest();
+  const failed = results?.find((r) => r.status === 'Error');
+  if (error || failed) {
+    await db.destroy();
+    throw new Error(`store migration ${failed?.migrationName ?? ''} failed: ${String(error)}`);
+  }
+  return db;
+}
+
+export async function storeReady(db: Db): Promise<boolean> {
+  try {
+    await sql`select 1`.execute(db);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
