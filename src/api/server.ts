@@ -102,14 +102,13 @@ function toKilnError(err: unknown): KilnError {
       return new KilnError('body_too_large', `body: larger than the limit of the server (server.bodyLimitBytes)`, 413);
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
       return new KilnError('unsupported_media_type', 'body: send JSON (Content-Type: application/json)', 415);
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      return new KilnError('invalid_json', 'body: not valid JSON', 400);
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
       return new KilnError('invalid_json', 'body: empty, expected a JSON object', 400);
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
       return new KilnError('invalid_request', 'Content-Length does not match the body', 400);
   }
-  if (f.statusCode && f.statusCode >= 400 && f.statusCode < 500) {
-    const msg = f.message?.startsWith('Body is not valid JSON') || err instanceof SyntaxError ? `body: not valid JSON` : (f.message ?? 'bad request');
-    return new KilnError(err instanceof SyntaxError ? 'invalid_json' : 'invalid_request', msg, f.statusCode);
-  }
+  if (f.statusCode && f.statusCode >= 400 && f.statusCode < 500) return new KilnError('invalid_request', f.message ?? 'bad request', f.statusCode);
   return new KilnError('internal_error', 'internal error; see the server log', 500);
 }

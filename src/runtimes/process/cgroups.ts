@@ -13,6 +13,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { readKey, readNumber } from '../kernel.js';
 
 const ROOT = '/sys/fs/cgroup';
 const V1_CONTROLLERS = ['memory', 'pids', 'cpu', 'cpuacct', 'freezer'] as const;
@@ -40,26 +41,6 @@ export interface CgroupUsage {
   /** Times a fork was refused by pids.max. */
   pidsMaxHits: number;
   pids: number;
-}
-
-async function readNumber(path: string): Promise<number> {
-  try {
-    const n = Number((await readFile(path, 'utf8')).trim().split(/\s+/)[0]);
-    return Number.isFinite(n) ? n : 0;
-  } catch {
-    return 0;
-  }
-}
-
-/** Value of `key` in a flat-keyed file (memory.events, pids.events, memory.oom_control, cpu.stat). */
-async function readKey(path: string, key: string): Promise<number> {
-  try {
-    const text = await readFile(path, 'utf8');
-    const m = new RegExp(`^${key} (\\d+)$`, 'm').exec(text);
-    return m ? Number(m[1]) : 0;
-  } catch {
-    return 0;
-  }
 }
 
 async function tryWrite(path: string, value: string): Promise<boolean> {

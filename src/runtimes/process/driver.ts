@@ -14,7 +14,6 @@ import { existsSync } from 'node:fs';
 import { chmod, chown, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { promisify } from 'node:util';
-import { constants as osConstants } from 'node:os';
 import { KilnError } from '../../errors.js';
 import { CappedBuffer } from '../../sandbox/output.js';
 import { checkRelativePath } from '../../sandbox/paths.js';
@@ -22,6 +21,7 @@ import type { ExecKill, ExecRequest, ExecResult, Runtime, RuntimeCheck, Sandbox,
 import { WORK_DIR } from '../types.js';
 import { Cgroup, detectCgroupMode, listChildren, type CgroupMode } from './cgroups.js';
 import { launchArgv, STATUS_FD } from './bwrap.js';
+import { decodeExit } from '../kernel.js';
 
 const run = promisify(execFile);
 
@@ -341,18 +341,4 @@ async function chownTree(root: string, relDir: string, uid: number, gid: number)
     cur = join(cur, part);
     await chown(cur, uid, gid);
   }
-}
-
-const SIGNAL_NAMES = new Map(Object.entries(osConstants.signals).map(([name, n]) => [n, name]));
-
-/**
- * bwrap reports a child killed by signal N as exit status 128+N. Such a status
- * is read as the signal (as shells do); a program that exits with 137 on
- * purpose is reported as SIGKILL — the same convention Docker uses.
- */
-function decodeExit(code: number | null, signal: NodeJS.Signals | null, killedByUs: boolean): { exitCode: number | null; signal: string | null } {
-  if (killedByUs) return { exitCode: null, signal: 'SIGKILL' };
-  if (signal) return { exitCode: null, signal };
-  if (code !== null && code > 128 && SIGNAL_NAMES.has(code - 128)) return { exitCode: null, signal: SIGNAL_NAMES.get(code - 128)! };
-  return { exitCode: code, signal: null };
 }

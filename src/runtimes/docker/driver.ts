@@ -1,0 +1,369 @@
+/**
+ * The `docker` runtime: sandboxes as Docker containers, through the Engine API.
+ *
+ * A sandbox is one container kept alive by a root-owned `sleep` under
+ * docker-init, with no network, a read-only root, size-capped tmpfs at /work
+ * and /tmp, every capability dropped and no new privileges. Each exec runs as
+ * the unprivileged uid. Usage, peak memory and OOM kills are read from the
+ * container's cgroup, as the process runtime does, so verdicts mean the same.
+ * A deadline freezes the container, kills the exec's process tree from the
+ * host, and thaws it: forks cannot outrun the kill.
+ */
+import Docker from 'dockerode';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join, posix } from 'node:path';
+import { Writable } from 'node:stream';
+import { KilnError } from '../../errors.js';
+import { CappedBuffer } from '../../sandbox/output.js';
+import { checkRelativePath } from '../../sandbox/paths.js';
+import type { ExecKill, ExecRequest, ExecResult, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
+import { WORK_DIR } from '../types.js';
+import { decodeExit, readKey, readNumber as readNum } from '../kernel.js';
+
+export interface DockerRuntimeOptions {
+  instanceId: string;
+  socketPath: string;
+  /** OCI runtime: `runc`, or `runsc` for gVisor. */
+  ociRuntime: string;
+  /** Driver name as templates and /v1/info show it. Default `docker`. */
+  name?: string;
+}
+
+/** Options a docker template may set (`templates.<name>` in kiln.yaml). */
+export interface DockerTemplate {
+  image: string;
+}
+
+const SANDBOX_USER = '65534:65534';
+const CPU_POLL_MS = 20;
+const BASE_ENV = ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'TMPDIR=/tmp', 'LANG=C.UTF-8'];
+
+export class DockerRuntime implements Runtime {
+  readonly name: string;
+  private readonly docker: Docker;
+
+  constructor(private readonly opts: DockerRuntimeOptions) {
+    this.name = opts.name ?? 'docker';
+    this.docker = new Docker({ socketPath: opts.socketPath });
+  }
+
+  async check(): Promise<RuntimeCheck> {
+    try {
+      const v = await withTimeout(this.docker.version(), 3000);
+      const images = await this.docker.listImages({ filters: { reference: ['kiln-python:local'] } });
+      const info = (await this.docker.info()) as { Runtimes?: Record<string, unknown> };
+      if (!info.Runtimes?.[this.opts.ociRuntime]) {
+        return { runtime: this.name, ok: false, detail: `Docker ${v.Version}, no OCI runtime ${this.opts.ociRuntime}`, fix: 'run scripts/setup (it registers runsc with dockerd)' };
+      }
+      if (images.length === 0) return { runtime: this.name, ok: false, detail: `Docker ${v.Version}, image kiln-python:local missing`, fix: 'run scripts/build-images' };
+      return { runtime: this.name, ok: true, detail: `Docker ${v.Version}, runtime ${this.opts.ociRuntime}, kiln-python:local present` };
+    } catch (e) {
+      return { runtime: this.name, ok: false, detail: `no Docker engine at ${this.opts.socketPath}: ${(e as Error).message}`, fix: 'apt-get install docker.io and start dockerd (scripts/setup does both)' };
+    }
+  }
+
+  async create(spec: SandboxSpec): Promise<Sandbox> {
+    const image = (spec.options as Partial<DockerTemplate> | undefined)?.image;
+    if (typeof image !== 'string' || image === '') throw new KilnError('invalid_template', `template ${spec.template}: runtime docker needs an image`, 500);
+    const id = `kd-${randomBytes(8).toString('hex')}`;
+    const memory = spec.limits.memoryMb * 1024 * 1024;
+    let container: Docker.Container;
+    try {
+      container = await this.docker.createContainer({
+        name: id,
+        Image: image,
+        // The keeper runs as root (without capabilities) so that killing every process of the sandbox uid never stops the container.
+        Cmd: ['sleep', 'infinity'],
+        User: '0:0',
+        WorkingDir: WORK_DIR,
+        Env: [...BASE_ENV, ...Object.entries(spec.env ?? {}).map(([k, v]) => `${k}=${v}`)],
+        Labels: { 'kiln.instance': this.opts.instanceId, 'kiln.sandbox': id, 'kiln.template': spec.template },
+        NetworkDisabled: true,
+        HostConfig: {
+          Init: true,
+          NetworkMode: 'none',
+          Runtime: this.opts.ociRuntime,
+          Memory: memory,
+          MemorySwap: memory,
+          NanoCpus: Math.round(spec.limits.cpus * 1e9),
+          PidsLimit: spec.limits.pids,
+          ReadonlyRootfs: true,
+          CapDrop: ['ALL'],
+          SecurityOpt: ['no-new-privileges'],
+          Tmpfs: {
+            [WORK_DIR]: `rw,exec,nosuid,nodev,size=${spec.limits.diskMb}m,mode=0700,uid=65534,gid=65534`,
+            '/tmp': `rw,nosuid,nodev,size=${spec.limits.diskMb}m,mode=1777`,
+          },
+          Ulimits: [{ Name: 'core', Soft: 0, Hard: 0 }],
+        },
+      });
+    } catch (e) {
+      const status = (e as { statusCode?: number }).statusCode;
+      if (status === 404) throw new KilnError('image_missing', `image ${image} is not built; run scripts/build-images`, 503);
+      throw new KilnError('runtime_unavailable', `docker: cannot create a sandbox: ${(e as Error).message}`, 503);
+    }
+    try {
+      await container.start();
+      const info = await container.inspect();
+      return new DockerSandbox(id, container, this.docker, info.Id, spec);
+    } catch (e) {
+      await container.remove({ force: true }).catch(() => undefined);
+      throw new KilnError('sandbox_failed', `docker: cannot start a sandbox: ${(e as Error).message}`, 500);
+    }
+  }
+
+  private async ownContainers(): Promise<Docker.ContainerInfo[]> {
+    try {
+      return await this.docker.listContainers({ all: true, filters: { label: [`kiln.instance=${this.opts.instanceId}`] } });
+    } catch {
+      return []; // no engine: nothing of ours can be running in it
+    }
+  }
+
+  async listOwn(): Promise<string[]> {
+    return (await this.ownContainers()).map((c) => c.Labels['kiln.sandbox'] ?? c.Id);
+  }
+
+  async reapOrphans(): Promise<number> {
+    const own = await this.ownContainers();
+    await Promise.all(own.map((c) => this.docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined)));
+    return own.length;
+  }
+
+  async close(): Promise<void> {
+    /* dockerode keeps no connection open between calls */
+  }
+}
+
+class DockerSandbox implements Sandbox {
+  readonly runtime = 'docker';
+  private destroyed = false;
+  private readonly cgroup: ContainerCgroup;
+  /** Memory and pids limits the container has now; an exec narrower than these updates them first. */
+  private current: { memoryMb: number; pids: number };
+
+  constructor(
+    readonly id: string,
+    private readonly container: Docker.Container,
+    private readonly docker: Docker,
+    fullId: string,
+    private readonly spec: SandboxSpec,
+  ) {
+    this.cgroup = new ContainerCgroup(fullId);
+    this.current = { memoryMb: spec.limits.memoryMb, pids: spec.limits.pids };
+  }
+
+  async exec(req: ExecRequest): Promise<ExecResult> {
+    if (this.destroyed) throw new KilnError('sandbox_gone', `sandbox ${this.id} was destroyed`, 410);
+    if (req.command.length === 0) throw new KilnError('invalid_request', 'command: must name a program', 400);
+    const limits = req.limits;
+    const want = { memoryMb: Math.min(limits.memoryMb, this.spec.limits.memoryMb), pids: Math.min(limits.pids, this.spec.limits.pids) };
+    if (want.memoryMb !== this.current.memoryMb || want.pids !== this.current.pids) {
+      const bytes = want.memoryMb * 1024 * 1024;
+      await this.container.update({ Memory: bytes, MemorySwap: bytes, PidsLimit: want.pids });
+      this.current = want;
+    }
+    const before = await this.cgroup.read(true);
+    const exec = await this.container.exec({
+      Cmd: req.command,
+      User: SANDBOX_USER,
+      WorkingDir: req.cwd ? posix.resolve(WORK_DIR, req.cwd) : WORK_DIR,
+      Env: Object.entries(req.env ?? {}).map(([k, v]) => `${k}=${v}`),
+      AttachStdin: true,
+      AttachStdout: true,
+      AttachStderr: true,
+      Tty: false,
+    });
+    const started = performance.now();
+    const stream = (await exec.start({ hijack: true, stdin: true })) as NodeJS.ReadWriteStream & { destroy(): void };
+
+    let killedBy: ExecKill = null;
+    let killing: Promise<void> | undefined;
+    const kill = (why: ExecKill) => {
+      if (killedBy === null) killedBy = why;
+      killing ??= this.killExec().finally(() => stream.destroy());
+    };
+    const stdout = new CappedBuffer(limits.outputBytes, () => kill('output_limit'), req.onStdout);
+    const stderr = new CappedBuffer(limits.outputBytes, () => kill('output_limit'), req.onStderr);
+    const sink = (buf: CappedBuffer) => new Writable({ write(chunk: Buffer, _enc, cb) { buf.push(chunk); cb(); } });
+    const out = sink(stdout);
+    const err = sink(stderr);
+    const ended = new Promise<void>((resolve) => {
+      stream.on('end', resolve);
+      stream.on('close', resolve);
+      stream.on('error', () => resolve());
+    });
+    this.docker.modem.demuxStream(stream as unknown as NodeJS.ReadableStream, out, err);
+    if (req.stdin !== undefined && req.stdin.length > 0) stream.write(req.stdin);
+    stream.end(); // half-close: the program sees EOF on stdin
+
+    const wallTimer = setTimeout(() => kill('wall_timeout'), limits.wallMs);
+    let polling = false;
+    const cpuTimer = setInterval(() => {
+      if (polling) return;
+      polling = true;
+      void this.cgroup.cpuMs().then((ms) => {
+        polling = false;
+        if (ms - before.cpuMs > limits.cpuMs) kill('cpu_timeout');
+      });
+    }, CPU_POLL_MS);
+    await ended;
+    const wallMs = Math.round(performance.now() - started);
+    clearTimeout(wallTimer);
+    clearInterval(cpuTimer);
+    await killing;
+
+    let exitCode: number | null = null;
+    for (let i = 0; i < 50; i++) {
+      const info = await exec.inspect();
+      if (!info.Running) {
+        exitCode = info.ExitCode;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const after = await this.cgroup.read(false);
+    const cpuMs = Math.round(after.cpuMs - before.cpuMs);
+    if (killedBy === null && cpuMs > limits.cpuMs) killedBy = 'cpu_timeout';
+    const decoded = decodeExit(exitCode, null, killedBy !== null);
+    return {
+      stdout: stdout.toBuffer(),
+      stderr: stderr.toBuffer(),
+      ...decoded,
+      wallMs,
+      cpuMs,
+      memoryKb: after.memoryKb,
+      oomKilled: after.oomKills > before.oomKills,
+      pidsLimitHit: after.pidsMaxHits > before.pidsMaxHits,
+      killedBy,
+      truncated: stdout.truncated || stderr.truncated,
+    };
+  }
+
+  /**
+   * Freeze the container, SIGKILL every process of the sandbox uid in it, thaw.
+   * By uid rather than by tree: a forked child whose parent died is reparented
+   * to docker-init and would escape a tree walk. The keeper and init run as root
+   * and survive, so the sandbox stays usable.
+   */
+  private async killExec(): Promise<void> {
+    const paused = await this.container.pause().then(() => true, () => false);
+    try {
+      for (const pid of await this.cgroup.pids()) {
+        const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+        if (/^Uid:\s+65534\b/m.test(status)) {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            /* gone */
+          }
+        }
+      }
+    } finally {
+      if (paused) await this.container.unpause().catch(() => undefined);
+    }
+  }
+
+  async putFile(path: string, data: Buffer): Promise<void> {
+    const rel = checkRelativePath(path);
+    // Written by a process inside, as the sandbox uid: a planted link leads only where the sandbox could write anyway.
+    const r = await this.exec({
+      command: ['/bin/sh', '-c', 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"', 'put', rel],
+      stdin: data,
+      limits: fileLimits(this.current),
+    });
+    if (r.exitCode !== 0) throw new KilnError('file_write_failed', `cannot write ${rel}: ${r.stderr.toString().trim() || `exit ${r.exitCode}`}`, 400);
+  }
+
+  async getFile(path: string, maxBytes: number): Promise<Buffer | undefined> {
+    const rel = checkRelativePath(path);
+    const r = await this.exec({
+      command: ['/bin/sh', '-c', '[ -f "$1" ] || exit 3; exec head -c "$2" -- "$1"', 'get', rel, String(maxBytes + 1)],
+      limits: { ...fileLimits(this.current), outputBytes: maxBytes + 1 },
+    });
+    if (r.exitCode === 3) return undefined;
+    if (r.exitCode !== 0) throw new KilnError('file_read_failed', `cannot read ${rel}: ${r.stderr.toString().trim() || `exit ${r.exitCode}`}`, 400);
+    if (r.stdout.length > maxBytes) throw new KilnError('file_too_large', `${rel} is larger than ${maxBytes} bytes`, 413);
+    return r.stdout;
+  }
+
+  async stats(): Promise<SandboxStats> {
+    const u = await this.cgroup.read(false);
+    return { cpuMs: Math.round(u.cpuMs), memoryKb: u.memoryKb, pids: u.pids };
+  }
+
+  async destroy(): Promise<void> {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    await this.container.remove({ force: true }).catch((e: { statusCode?: number }) => {
+      if (e.statusCode !== 404) throw e;
+    });
+  }
+}
+
+/** Keep the container's current limits: file copies run under what the sandbox has. */
+function fileLimits(current: { memoryMb: number; pids: number }) {
+  return { wallMs: 10000, cpuMs: 10000, memoryMb: current.memoryMb, pids: current.pids, outputBytes: 64 * 1024 };
+}
+
+/** The container's cgroup files, read directly: cgroupfs or systemd driver, v1 or v2. */
+class ContainerCgroup {
+  private readonly v2: string | undefined;
+  private readonly v1: { memory: string; cpuacct: string; pids: string } | undefined;
+
+  constructor(fullId: string) {
+    const v2 = [`/sys/fs/cgroup/system.slice/docker-${fullId}.scope`, `/sys/fs/cgroup/docker/${fullId}`];
+    this.v2 = existsSync('/sys/fs/cgroup/cgroup.controllers') ? v2.find((p) => existsSync(p)) : undefined;
+    if (!this.v2) {
+      const at = (c: string) => [`/sys/fs/cgroup/${c}/docker/${fullId}`, `/sys/fs/cgroup/${c}/system.slice/docker-${fullId}.scope`].find((p) => existsSync(p)) ?? '';
+      this.v1 = { memory: at('memory'), cpuacct: at('cpuacct'), pids: at('pids') };
+    }
+  }
+
+  /** Host pids of every process in the container. */
+  async pids(): Promise<number[]> {
+    const file = this.v2 ? join(this.v2, 'cgroup.procs') : join(this.v1!.pids, 'cgroup.procs');
+    return (await readFile(file, 'utf8').catch(() => '')).split('\n').filter(Boolean).map(Number);
+  }
+
+  async cpuMs(): Promise<number> {
+    if (this.v2) return (await readKey(join(this.v2, 'cpu.stat'), 'usage_usec')) / 1000;
+    return (await readNum(join(this.v1!.cpuacct, 'cpuacct.usage'))) / 1e6;
+  }
+
+  /** Usage now; `resetPeak` starts a new peak-memory window (v1 only keeps one). */
+  async read(resetPeak: boolean) {
+    if (this.v2) {
+      const d = this.v2;
+      const peak = await readNum(join(d, 'memory.peak'));
+      return {
+        cpuMs: await this.cpuMs(),
+        memoryKb: Math.round((peak || (await readNum(join(d, 'memory.current')))) / 1024),
+        oomKills: await readKey(join(d, 'memory.events'), 'oom_kill'),
+        pidsMaxHits: await readKey(join(d, 'pids.events'), 'max'),
+        pids: await readNum(join(d, 'pids.current')),
+      };
+    }
+    const v1 = this.v1!;
+    if (resetPeak) await writeFile(join(v1.memory, 'memory.max_usage_in_bytes'), '0').catch(() => undefined);
+    return {
+      cpuMs: await this.cpuMs(),
+      memoryKb: Math.round((await readNum(join(v1.memory, 'memory.max_usage_in_bytes'))) / 1024),
+      oomKills: await readKey(join(v1.memory, 'memory.oom_control'), 'oom_kill'),
+      pidsMaxHits: await readKey(join(v1.pids, 'pids.events'), 'max'),
+      pids: await readNum(join(v1.pids, 'pids.current')),
+    };
+  }
+}
+
+async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer in ${ms} ms`)), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+

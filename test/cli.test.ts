@@ -1,0 +1,95 @@
+/** The `kiln` command as a user runs it: real processes, real sandboxes, a real server on loopback. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const CLI = ['--import', import.meta.resolve('tsx'), join(import.meta.dirname, '..', 'src', 'cli', 'dev.ts')];
+const dir = mkdtempSync(join(tmpdir(), 'kiln-cli-'));
+
+function kiln(args: string[], env: Record<string, string> = {}) {
+  return spawnSync(process.execPath, [...CLI, ...args], { cwd: dir, encoding: 'utf8', env: { ...process.env, ...env }, timeout: 120_000 });
+}
+
+test('kiln run hello.c compiles, runs, prints output and the verdict, exits with the program code', () => {
+  writeFileSync(join(dir, 'hello.c'), '#include <stdio.h>\nint main(void){ printf("hi from c\\n"); return 3; }\n');
+  const r = kiln(['run', 'hello.c']);
+  assert.equal(r.stdout, 'hi from c\n', r.stderr);
+  assert.match(r.stderr, /kiln: verdict runtime_error · exit 3 · \d+ ms wall · \d+ ms cpu · [\d.]+ MiB/);
+  assert.equal(r.status, 3);
+});
+
+test('kiln run picks the language by extension, passes stdin, and reports a timeout', () => {
+  writeFileSync(join(dir, 'echo.py'), 'import sys; print(sys.stdin.read()[::-1])\n');
+  const r = kiln(['run', 'echo.py', '--stdin', 'abc']);
+  assert.equal(r.stdout, 'cba\n');
+  assert.match(r.stderr, /verdict ok · exit 0/);
+  assert.equal(r.status, 0);
+  writeFileSync(join(dir, 'loop.sh'), 'while :; do :; done\n');
+  const config = join(dir, 'fast.yaml');
+  writeFileSync(config, 'runs: { defaults: { wallMs: 300, cpuMs: 300, memoryMb: 64, pids: 16, outputBytes: 1000 } }\n');
+  const slow = kiln(['run', 'loop.sh', '--config', config]);
+  assert.match(slow.stderr, /verdict timeout/);
+  assert.notEqual(slow.status, 0);
+});
+
+test('bad input on the CLI: one line, non-zero exit', () => {
+  const unknownExt = kiln(['run', 'nothing.xyz']);
+  assert.notEqual(unknownExt.status, 0);
+  assert.equal(unknownExt.stderr.trim().split('\n').length, 1, unknownExt.stderr);
+  const missing = kiln(['run', 'missing.py']);
+  assert.match(missing.stderr, /^kiln: cannot read missing.py: ENOENT\n$/);
+  assert.equal(missing.status, 2);
+  const badPort = kiln(['serve', '--port', 'http']);
+  assert.match(badPort.stderr, /^kiln: --port/);
+  const badConfig = join(dir, 'bad.yaml');
+  writeFileSync(badConfig, 'runs: { concurency: 2 }\n');
+  const r = kiln(['config', '--config', badConfig]);
+  assert.match(r.stderr, /bad\.yaml: unknown key "runs\.concurency"/);
+  assert.equal(r.status, 2);
+});
+
+test('kiln doctor and kiln config', () => {
+  const d = kiln(['doctor']);
+  assert.match(d.stdout, /^ok +process/m, d.stdout + d.stderr);
+  assert.equal(d.status, 0);
+  const c = kiln(['config', '--port', '7171']);
+  assert.match(c.stdout, /port: 7171/);
+});
+
+test('kiln serve answers over HTTP and kiln runs create talks to it', async () => {
+  const port = String(17000 + Math.floor(Math.random() * 1000));
+  const server = spawn(process.execPath, [...CLI, 'serve', '--port', port, '--data-dir', join(dir, 'data')], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  server.stdout.on('data', (c) => (log += c));
+  server.stderr.on('data', (c) => (log += c));
+  try {
+    const url = `http://127.0.0.1:${port}`;
+    for (let i = 0; i < 200; i++) {
+      if (await fetch(`${url}/healthz`).then((r) => r.ok, () => false)) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const res = await fetch(`${url}/v1/runs`, { method: 'POST', body: '{"language":"python","files":[{"name":"main.py","content":"print(42)"}]}' });
+    const run = await res.json();
+    assert.equal(run.run.stdout, '42\n', log);
+    writeFileSync(join(dir, 'r.py'), 'print("remote")\n');
+    const remote = await new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+      const c = spawn(process.execPath, [...CLI, 'runs', 'create', 'r.py', '-l', 'python'], { cwd: dir, env: { ...process.env, KILN_URL: url } });
+      let out = '';
+      let err = '';
+      c.stdout.on('data', (x) => (out += x));
+      c.stderr.on('data', (x) => (err += x));
+      c.on('close', (code) => resolve({ code, out, err }));
+    });
+    assert.equal(remote.out, 'remote\n', remote.err);
+    assert.equal(remote.code, 0);
+    const unreachable = kiln(['runs', 'get', 'x'], { KILN_URL: 'http://127.0.0.1:1' });
+    assert.match(unreachable.stderr, /^kiln: cannot reach the kiln server at http:\/\/127\.0\.0\.1:1/);
+  } finally {
+    server.kill('SIGTERM');
+    await new Promise((r) => server.once('close', r));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
