@@ -213,3 +213,18 @@ test('python on the docker runtime: by language and by template, with verdicts f
     assert.equal(r.body.verdict, verdict, content);
   }
 });
+
+test("from inside a run, the server's own port is unreachable, and a fork bomb leaves the server answering", async () => {
+  const address = t.app.server.listening ? t.app.server.address() : (await t.app.listen({ port: 0, host: '127.0.0.1' }), t.app.server.address());
+  const port = (address as { port: number }).port;
+  const probe = `import socket\ns = socket.socket(); s.settimeout(1)\ntry:\n    s.connect(("127.0.0.1", ${port})); print("reached")\nexcept OSError:\n    print("blocked")`;
+  for (const language of ['python', 'python-docker']) {
+    const r = await postRun(t.app, { language, files: [{ name: 'main.py', content: probe }] });
+    assert.equal(r.body.run.stdout, 'blocked\n', `${language}: ${JSON.stringify(r.body)}`);
+  }
+  const bomb = postRun(t.app, { language: 'bash', files: [{ name: 'a.sh', content: 'b() { b | b & }; b; sleep 2' }], limits: { pids: 32, wallMs: 2000 } });
+  await new Promise((r) => setTimeout(r, 300));
+  const health = await fetch(`http://127.0.0.1:${port}/healthz`);
+  assert.equal(health.status, 200);
+  assert.ok(['timeout', 'ok', 'runtime_error'].includes((await bomb).body.verdict));
+});
