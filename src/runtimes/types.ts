@@ -31,6 +31,11 @@ export interface SandboxSpec {
   env?: Record<string, string>;
   /** Driver-specific template settings (image, rootfs …), validated by the driver. */
   options?: Record<string, unknown>;
+  /**
+   * A long-running process started with the sandbox and living as long as it
+   * (a session's server). Execs then run beside it, in the same namespaces.
+   */
+  main?: { command: string[]; env?: Record<string, string> };
 }
 
 export interface ExecLimits {
@@ -99,6 +104,15 @@ export interface Sandbox {
   /** Read a file under the work dir, at most `maxBytes`; undefined when absent. */
   getFile(path: string, maxBytes: number): Promise<Buffer | undefined>;
   stats(): Promise<SandboxStats>;
+  /**
+   * A unix socket on the host that reaches `port` on the sandbox's own
+   * loopback. Only kiln can open it; the sandbox still has no network.
+   */
+  portSocket(port: number): Promise<string>;
+  /** With a `main`: resolves when it exits (the sandbox is then useless). */
+  readonly mainExited: Promise<void> | undefined;
+  /** With a `main`: the last lines it printed, to explain a failed start. */
+  mainLog(): Promise<string>;
   /** Kill everything inside and remove all traces. Idempotent. */
   destroy(): Promise<void>;
 }

@@ -37,3 +37,18 @@ export class CappedBuffer {
     return Buffer.concat(this.chunks, this.kept);
   }
 }
+
+/** The last `cap` bytes of a stream (a server's log): old output falls off the front. */
+export class CappedTail {
+  private buf = Buffer.alloc(0);
+  constructor(private readonly cap: number) {}
+
+  push(chunk: Buffer): void {
+    this.buf = Buffer.concat([this.buf, chunk]);
+    if (this.buf.length > this.cap) this.buf = this.buf.subarray(this.buf.length - this.cap);
+  }
+
+  text(): string {
+    return this.buf.toString('utf8');
+  }
+}

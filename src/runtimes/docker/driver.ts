@@ -21,6 +21,7 @@ import { checkRelativePath } from '../../sandbox/paths.js';
 import type { ExecKill, ExecRequest, ExecResult, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
 import { WORK_DIR } from '../types.js';
 import { decodeExit, readKey, readNumber as readNum } from '../kernel.js';
+import { PortBridges } from '../bridge.js';
 
 export interface DockerRuntimeOptions {
   instanceId: string;
@@ -29,6 +30,8 @@ export interface DockerRuntimeOptions {
   ociRuntime: string;
   /** Driver name as templates and /v1/info show it. Default `docker`. */
   name?: string;
+  /** Host uid port bridges run as. Default 65534. */
+  bridgeUid?: number;
 }
 
 /** Options a docker template may set (`templates.<name>` in kiln.yaml). */
@@ -37,6 +40,8 @@ export interface DockerTemplate {
 }
 
 const SANDBOX_USER = '65534:65534';
+/** Port-bridge sockets: a root-owned host dir no container mounts. */
+const BRIDGE_ROOT = '/run/kiln-docker';
 const CPU_POLL_MS = 20;
 const BASE_ENV = ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'TMPDIR=/tmp', 'LANG=C.UTF-8'];
 
@@ -74,11 +79,11 @@ export class DockerRuntime implements Runtime {
       container = await this.docker.createContainer({
         name: id,
         Image: image,
-        // The keeper runs as root (without capabilities) so that killing every process of the sandbox uid never stops the container.
-        Cmd: ['sleep', 'infinity'],
-        User: '0:0',
+        // Without a main, a keeper holds the container open. Main or keeper is pid 1's only child under docker-init.
+        Cmd: spec.main?.command ?? ['sleep', 'infinity'],
+        User: SANDBOX_USER,
         WorkingDir: WORK_DIR,
-        Env: [...BASE_ENV, ...Object.entries(spec.env ?? {}).map(([k, v]) => `${k}=${v}`)],
+        Env: [...BASE_ENV, ...Object.entries({ ...spec.env, ...spec.main?.env }).map(([k, v]) => `${k}=${v}`)],
         Labels: { 'kiln.instance': this.opts.instanceId, 'kiln.sandbox': id, 'kiln.template': spec.template },
         NetworkDisabled: true,
         HostConfig: {
@@ -107,7 +112,8 @@ export class DockerRuntime implements Runtime {
     try {
       await container.start();
       const info = await container.inspect();
-      return new DockerSandbox(id, container, this.docker, info.Id, spec);
+      if (!info.State.Running) throw new Error(`the container exited at once (status ${info.State.ExitCode})`);
+      return new DockerSandbox(id, container, this.docker, info.Id, info.State.Pid, spec, this.opts.bridgeUid ?? 65534);
     } catch (e) {
       await container.remove({ force: true }).catch(() => undefined);
       throw new KilnError('sandbox_failed', `docker: cannot start a sandbox: ${(e as Error).message}`, 500);
@@ -141,6 +147,8 @@ class DockerSandbox implements Sandbox {
   readonly runtime = 'docker';
   private destroyed = false;
   private readonly cgroup: ContainerCgroup;
+  private readonly bridges: PortBridges;
+  readonly mainExited: Promise<void> | undefined;
   /** Memory and pids limits the container has now; an exec narrower than these updates them first. */
   private current: { memoryMb: number; pids: number };
 
@@ -149,10 +157,25 @@ class DockerSandbox implements Sandbox {
     private readonly container: Docker.Container,
     private readonly docker: Docker,
     fullId: string,
+    /** Host pid of the container's init: its network namespace is where ports are bridged. */
+    private readonly nsPid: number,
     private readonly spec: SandboxSpec,
+    bridgeUid: number,
   ) {
     this.cgroup = new ContainerCgroup(fullId);
     this.current = { memoryMb: spec.limits.memoryMb, pids: spec.limits.pids };
+    this.bridges = new PortBridges(join(BRIDGE_ROOT, id), bridgeUid, bridgeUid);
+    this.mainExited = spec.main ? container.wait().then(() => undefined, () => undefined) : undefined;
+  }
+
+  async portSocket(port: number): Promise<string> {
+    return this.bridges.open(this.nsPid, port);
+  }
+
+  async mainLog(): Promise<string> {
+    const buf = (await this.container.logs({ stdout: true, stderr: true, tail: 50 }).catch(() => Buffer.alloc(0))) as Buffer;
+    // Docker frames each line with an 8-byte header when there is no TTY.
+    return buf.toString('latin1').replace(/[\x00-\x02]\x00\x00\x00[\s\S]{4}/g, '');
   }
 
   async exec(req: ExecRequest): Promise<ExecResult> {
@@ -183,7 +206,7 @@ class DockerSandbox implements Sandbox {
     let killing: Promise<void> | undefined;
     const kill = (why: ExecKill) => {
       if (killedBy === null) killedBy = why;
-      killing ??= this.killExec().finally(() => stream.destroy());
+      killing ??= this.killExec(exec).finally(() => stream.destroy());
     };
     const stdout = new CappedBuffer(limits.outputBytes, () => kill('output_limit'), req.onStdout);
     const stderr = new CappedBuffer(limits.outputBytes, () => kill('output_limit'), req.onStderr);
@@ -243,17 +266,20 @@ class DockerSandbox implements Sandbox {
   }
 
   /**
-   * Freeze the container, SIGKILL every process of the sandbox uid in it, thaw.
-   * By uid rather than by tree: a forked child whose parent died is reparented
-   * to docker-init and would escape a tree walk. The keeper and init run as root
-   * and survive, so the sandbox stays usable.
+   * Freeze the container, SIGKILL the exec's processes, thaw. An exec is its own
+   * session (runc calls setsid), and a forked child keeps the session id even
+   * when reparented to docker-init, so the session finds the whole tree while
+   * the main process (another session) survives.
    */
-  private async killExec(): Promise<void> {
+  private async killExec(exec: Docker.Exec): Promise<void> {
+    const { Pid: sid } = await exec.inspect();
+    if (!sid) return;
     const paused = await this.container.pause().then(() => true, () => false);
     try {
       for (const pid of await this.cgroup.pids()) {
-        const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
-        if (/^Uid:\s+65534\b/m.test(status)) {
+        const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        if (Number(fields[3]) === sid) {
           try {
             process.kill(pid, 'SIGKILL');
           } catch {
@@ -297,6 +323,7 @@ class DockerSandbox implements Sandbox {
   async destroy(): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
+    this.bridges.closeAll();
     await this.container.remove({ force: true }).catch((e: { statusCode?: number }) => {
       if (e.statusCode !== 404) throw e;
     });

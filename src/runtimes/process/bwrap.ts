@@ -16,18 +16,21 @@ export const STATUS_FD = 3;
 const WORK_FD = 5;
 
 const LAUNCHER = [
-  // $1.. are cgroup.procs files up to "--"
+  // $1.. are cgroup.procs files up to "--"; then RLIMIT_CPU seconds; then the work dir (or "-")
   'while [ "$1" != "--" ]; do echo $$ > "$1" || { echo "kiln-launcher: cannot join cgroup $1" >&2; exit 125; }; shift; done; shift',
   'ulimit -c 0',
   'ulimit -t "$1" || exit 125; shift',
-  `exec ${WORK_FD}<"$1" || { echo "kiln-launcher: cannot open work dir" >&2; exit 125; }; shift`,
+  `if [ "$1" != - ]; then exec ${WORK_FD}<"$1" || { echo "kiln-launcher: cannot open work dir" >&2; exit 125; }; fi; shift`,
   'exec "$@"',
 ].join('\n');
 
+/** The launcher's own environment: nothing of kiln's, nothing of the user's (it runs as root). */
+export const LAUNCHER_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
+
 export interface LaunchSpec {
   cgroupProcsFiles: string[];
-  /** RLIMIT_CPU seconds per process: a backstop under the cgroup CPU deadline. */
-  cpuSeconds: number;
+  /** RLIMIT_CPU seconds per process: a backstop under the cgroup CPU deadline ('unlimited' for a session's server). */
+  cpuSeconds: number | 'unlimited';
   workDir: string;
   uid: number;
   gid: number;
@@ -97,4 +100,40 @@ function rootArgs(s: LaunchSpec): string[] {
     else out.push('--ro-bind', dir, dir);
   }
   return out;
+}
+
+export interface EnterSpec {
+  cgroupProcsFiles: string[];
+  cpuSeconds: number;
+  /** Host pid of the sandbox's first process: its namespaces are entered. */
+  nsPid: number;
+  uid: number;
+  gid: number;
+  env: Record<string, string>;
+  cwd: string;
+  command: string[];
+}
+
+/**
+ * argv for an exec inside a live sandbox (one with a main process): the same
+ * launcher joins the exec's cgroup, then nsenter enters every namespace of the
+ * sandbox and becomes the sandbox uid (which drops all capabilities). The
+ * user's environment is set only inside, by env -i, never on a root process.
+ */
+export function enterArgv(s: EnterSpec): string[] {
+  const nsenter = ['nsenter', `--target=${s.nsPid}`, '--user', '--mount', '--net', '--pid', '--ipc', '--uts', `--setuid=${s.uid}`, `--setgid=${s.gid}`, '--'];
+  const inside = [
+    'setpriv',
+    '--no-new-privs',
+    '--',
+    '/usr/bin/env',
+    '-i',
+    ...Object.entries(s.env).map(([k, v]) => `${k}=${v}`),
+    '/bin/sh',
+    '-c',
+    'cd "$0" && exec "$@"',
+    s.cwd,
+    ...s.command,
+  ];
+  return ['/bin/sh', '-c', LAUNCHER, 'kiln-launcher', ...s.cgroupProcsFiles, '--', String(s.cpuSeconds), '-', ...nsenter, ...inside];
 }

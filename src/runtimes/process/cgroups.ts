@@ -129,14 +129,17 @@ export class Cgroup {
     return (await readNumber(join(this.dir('cpuacct'), 'cpuacct.usage'))) / 1e6;
   }
 
-  /** Pids of every process in the cgroup (descendant cgroups included on v2 via cgroup.kill). */
+  /** Pids of every process in the cgroup and its child cgroups. */
   async pids(): Promise<number[]> {
-    const file = this.mode === 'v2' ? join(ROOT, this.rel, 'cgroup.procs') : join(this.dir('pids'), 'cgroup.procs');
-    try {
-      return (await readFile(file, 'utf8')).split('\n').filter(Boolean).map(Number);
-    } catch {
-      return [];
-    }
+    const base = this.mode === 'v2' ? join(ROOT, this.rel) : join(ROOT, 'pids', this.rel);
+    const out: number[] = [];
+    const walk = async (dir: string): Promise<void> => {
+      const text = await readFile(join(dir, 'cgroup.procs'), 'utf8').catch(() => '');
+      out.push(...text.split('\n').filter(Boolean).map(Number));
+      for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) if (e.isDirectory()) await walk(join(dir, e.name));
+    };
+    await walk(base);
+    return out;
   }
 
   /**

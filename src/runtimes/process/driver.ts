@@ -8,19 +8,20 @@
  * namespace (the kernel kills every process when its init dies); the cgroup is
  * then swept as a second line.
  */
-import { spawn, execFile } from 'node:child_process';
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, chown, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { promisify } from 'node:util';
 import { KilnError } from '../../errors.js';
-import { CappedBuffer } from '../../sandbox/output.js';
+import { CappedBuffer, CappedTail } from '../../sandbox/output.js';
 import { checkRelativePath } from '../../sandbox/paths.js';
 import type { ExecKill, ExecRequest, ExecResult, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
 import { WORK_DIR } from '../types.js';
 import { Cgroup, detectCgroupMode, listChildren, type CgroupMode } from './cgroups.js';
-import { launchArgv, STATUS_FD } from './bwrap.js';
+import { enterArgv, launchArgv, LAUNCHER_ENV, STATUS_FD } from './bwrap.js';
+import { PortBridges } from '../bridge.js';
 import { decodeExit } from '../kernel.js';
 
 const run = promisify(execFile);
@@ -126,6 +127,14 @@ export class ProcessRuntime implements Runtime {
     }
     const sb = new ProcessSandbox(id, dir, work, mounted, cgroup, spec, this.opts, this.mode, () => this.live.delete(sb));
     this.live.add(sb);
+    if (spec.main) {
+      try {
+        await sb.startMain(spec.main);
+      } catch (e) {
+        await sb.destroy();
+        throw e;
+      }
+    }
     return sb;
   }
 
@@ -165,6 +174,10 @@ class ProcessSandbox implements Sandbox {
   private codeHasRun = false;
   private destroyed = false;
   private readonly running = new Set<Promise<unknown>>();
+  /** The main process (a session's server) and the host pid whose namespaces execs enter. */
+  private main: { child: ChildProcess; nsPid: number; log: CappedTail } | undefined;
+  mainExited: Promise<void> | undefined;
+  private readonly bridges: PortBridges;
 
   constructor(
     readonly id: string,
@@ -176,7 +189,54 @@ class ProcessSandbox implements Sandbox {
     private readonly opts: ProcessRuntimeOptions,
     private readonly mode: CgroupMode,
     private readonly onDestroy: () => void,
-  ) {}
+  ) {
+    this.bridges = new PortBridges(join(dir, 'ports'), opts.uid, opts.gid);
+  }
+
+  /** Start the long-running main process in a fresh bwrap; execs will enter its namespaces. */
+  async startMain(main: { command: string[]; env?: Record<string, string> }): Promise<void> {
+    this.codeHasRun = true;
+    const cg = await Cgroup.create(this.mode, `${this.cgroup.rel}/main`, this.spec.limits);
+    const argv = launchArgv({
+      cgroupProcsFiles: cg.procsFiles(),
+      cpuSeconds: 'unlimited',
+      workDir: this.work,
+      uid: this.opts.uid,
+      gid: this.opts.gid,
+      rootfs: (this.spec.options as ProcessTemplate | undefined)?.rootfs,
+      systemDirs: this.opts.systemDirs,
+      tmpBytes: this.spec.limits.diskMb * 1024 * 1024,
+      env: { ...BASE_ENV, ...this.spec.env, ...main.env },
+      cwd: WORK_DIR,
+      command: main.command,
+    });
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', 'pipe'], env: LAUNCHER_ENV });
+    const log = new CappedTail(64 * 1024);
+    child.stdout!.on('data', (c: Buffer) => log.push(c));
+    child.stderr!.on('data', (c: Buffer) => log.push(c));
+    this.mainExited = new Promise<void>((resolve) => child.once('close', () => resolve()));
+    let status = '';
+    const statusStream = child.stdio[STATUS_FD] as NodeJS.ReadableStream;
+    const nsPid = await new Promise<number | undefined>((resolve) => {
+      statusStream.on('data', (c: Buffer) => {
+        status += c.toString();
+        const m = /"child-pid": (\d+)/.exec(status);
+        if (m) resolve(Number(m[1]));
+      });
+      child.once('close', () => resolve(undefined));
+    });
+    if (nsPid === undefined) throw new KilnError('sandbox_failed', `process runtime: the sandbox did not start: ${log.text().trim().slice(-500)}`, 500);
+    this.main = { child, nsPid, log };
+  }
+
+  async mainLog(): Promise<string> {
+    return this.main?.log.text() ?? '';
+  }
+
+  async portSocket(port: number): Promise<string> {
+    if (!this.main) throw new KilnError('no_server', `sandbox ${this.id} runs no server to connect to`, 409);
+    return this.bridges.open(this.main.nsPid, port);
+  }
 
   async exec(req: ExecRequest): Promise<ExecResult> {
     if (this.destroyed) throw new KilnError('sandbox_gone', `sandbox ${this.id} was destroyed`, 410);
@@ -199,22 +259,27 @@ class ProcessSandbox implements Sandbox {
       pids: Math.min(limits.pids, lim.pids),
       cpus: lim.cpus,
     });
-    const argv = launchArgv({
+    const cwd = req.cwd ? posix.resolve(WORK_DIR, req.cwd) : WORK_DIR;
+    const env = { ...BASE_ENV, ...this.spec.env, ...req.env };
+    const cpuSeconds = Math.ceil(limits.cpuMs / 1000) + 1;
+    const argv = this.main
+      ? enterArgv({ cgroupProcsFiles: cg.procsFiles(), cpuSeconds, nsPid: this.main.nsPid, uid: this.opts.uid, gid: this.opts.gid, env, cwd, command: req.command })
+      : launchArgv({
       cgroupProcsFiles: cg.procsFiles(),
-      cpuSeconds: Math.ceil(limits.cpuMs / 1000) + 1,
+      cpuSeconds,
       workDir: this.work,
       uid: this.opts.uid,
       gid: this.opts.gid,
       rootfs: (this.spec.options as ProcessTemplate | undefined)?.rootfs,
       systemDirs: this.opts.systemDirs,
       tmpBytes: lim.diskMb * 1024 * 1024,
-      env: { ...BASE_ENV, ...this.spec.env, ...req.env },
-      cwd: req.cwd ? posix.resolve(WORK_DIR, req.cwd) : WORK_DIR,
+      env,
+      cwd,
       command: req.command,
     });
 
     const started = performance.now();
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe', 'pipe'] });
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe', 'pipe'], env: LAUNCHER_ENV });
     let killedBy: ExecKill = null;
     const kill = (why: ExecKill) => {
       if (killedBy === null) killedBy = why;
@@ -254,7 +319,10 @@ class ProcessSandbox implements Sandbox {
     const usage = await cg.usage();
     await cg.remove();
     if (exit.spawnError) throw new KilnError('sandbox_failed', `process runtime: cannot start bwrap: ${exit.spawnError.message}`, 500);
-    const setupFailed = !status.includes('child-pid') || (exit.code === 1 && stderr.toBuffer().subarray(0, 7).toString() === 'bwrap: ');
+    const head = stderr.toBuffer().subarray(0, 9).toString();
+    const setupFailed = this.main
+      ? exit.code === 1 && head.startsWith('nsenter: ')
+      : !status.includes('child-pid') || (exit.code === 1 && head.startsWith('bwrap: '));
     if (killedBy === null && setupFailed) {
       // bwrap (or the launcher) failed before the command existed: our fault, not the program's.
       // (A program printing "bwrap: " and exiting 1 only turns its own run into an internal error.)
@@ -322,6 +390,7 @@ class ProcessSandbox implements Sandbox {
   async destroy(): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
+    this.bridges.closeAll();
     await this.cgroup.killAll();
     await Promise.allSettled([...this.running]);
     await this.cgroup.remove();
