@@ -14,6 +14,8 @@ import { Runtimes } from './runtimes/index.js';
 import { RunService } from './runs/service.js';
 import { openSqliteStore, type Db } from './store/db.js';
 import { RunStore } from './store/runs.js';
+import { SessionService } from './sessions/service.js';
+import { SessionProxy } from './proxy/proxy.js';
 
 export interface Kiln {
   config: KilnConfig;
@@ -24,9 +26,11 @@ export interface Kiln {
   budget: Budget;
   runtimes: Runtimes;
   runs: RunService;
+  sessions: SessionService;
+  proxy: SessionProxy;
   metrics: KilnMetrics;
-  /** Orphan sandboxes removed and interrupted runs failed at start. */
-  recovered: { orphans: number; interruptedRuns: number };
+  /** Orphan sandboxes removed, interrupted runs failed and dead sessions closed at start. */
+  recovered: { orphans: number; interruptedRuns: number; sessions: number };
   close(): Promise<void>;
 }
 
@@ -79,10 +83,17 @@ export async function startKiln(config: KilnConfig, opts: KilnOptions = {}): Pro
   }
 
   const runs = new RunService({ config, runtimes, store, budget, events, log: opts.log });
+  const sessions = new SessionService({ config, runtimes, budget, events, db, log: opts.log });
+  // A local `kiln run` serves no sessions: it neither fills pools nor touches the session table.
+  const recoveredSessions = opts.ephemeral ? 0 : await sessions.start();
+  const proxy = new SessionProxy(sessions, config);
   const metrics = new KilnMetrics(events, {
     queueDepth: () => runs.queue.depth,
     runsActive: () => runs.queue.running,
     budget: () => budget.snapshot(),
+    sessions: () => sessions.list(),
+    pools: () => sessions.poolViews(),
+    proxy: () => proxy.stats,
   });
 
   return {
@@ -94,10 +105,14 @@ export async function startKiln(config: KilnConfig, opts: KilnOptions = {}): Pro
     budget,
     runtimes,
     runs,
+    sessions,
+    proxy,
     metrics,
-    recovered: { orphans, interruptedRuns },
+    recovered: { orphans, interruptedRuns, sessions: recoveredSessions },
     async close() {
-      // Graceful: let accepted runs finish (they hold sandboxes), then release everything.
+      // Graceful: let accepted runs finish (they hold sandboxes), end sessions, then release everything.
+      await sessions.close();
+      proxy.close();
       await runs.queue.idle();
       await runtimes.close();
       await db.destroy();

@@ -5,11 +5,18 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Run } from './runs/types.js';
+import type { PoolView } from './pools/pool.js';
+import type { SessionView, SessionWarning } from './sessions/types.js';
 
 export interface KilnEvents {
   'run:queued': [Run];
   'run:running': [Run];
   'run:done': [Run];
+  'session:status': [SessionView];
+  'session:warning': [SessionView, SessionWarning];
+  'session:claimed': [{ template: string; fromPool: boolean; ms: number }];
+  'pool:ready': [PoolView];
+  'pool:refill:failed': [{ template: string; error: string }];
 }
 
 export class KilnEventBus {

@@ -3,6 +3,11 @@
  * service calls and back; they hold no business logic.
  */
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import http from 'node:http';
+import { PREFIX } from '../proxy/proxy.js';
+import { pageHtml } from '../proxy/pages.js';
+import { streamSessionEvents } from './sse.js';
+import { toStage } from '../runs/verdict.js';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { Kiln } from '../app.js';
@@ -19,10 +24,20 @@ export interface ApiOptions {
 
 export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({
+    // Session traffic (/s/<token>/...) goes straight to the proxy: bodies stream, nothing is parsed.
+    serverFactory: (handler) => {
+      const server = http.createServer((req, res) => {
+        if (req.url?.startsWith(PREFIX)) void kiln.proxy.handle(req, res);
+        else handler(req, res);
+      });
+      server.on('upgrade', (req, socket, head) => {
+        if (req.url?.startsWith(PREFIX)) void kiln.proxy.upgrade(req, socket, head);
+        else socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      });
+      return server;
+    },
     logger: opts.logger ?? false,
     bodyLimit: kiln.config.server.bodyLimitBytes,
-    // Secrets must not reach logs: log method and route, never headers or bodies.
-    disableRequestLogging: false,
   });
 
   // Requests are validated by the services with messages that name the field; schemas here document.
@@ -81,6 +96,48 @@ export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<Fasti
   app.get<{ Params: { id: string } }>('/v1/runs/:id/events', async (req: FastifyRequest<{ Params: { id: string } }>, reply) => {
     await kiln.runs.get(req.params.id); // 404 before the stream starts
     streamRunEvents(kiln, req.params.id, req, reply);
+  });
+
+  app.get('/v1/pools', async () => kiln.sessions.poolViews());
+  app.get('/v1/sessions', async () => kiln.sessions.list());
+  app.post('/v1/sessions', async (req, reply) => reply.code(201).send(await kiln.sessions.create(req.body)));
+  app.get<{ Params: { id: string } }>('/v1/sessions/:id', async (req) => kiln.sessions.get(req.params.id));
+  app.delete<{ Params: { id: string } }>('/v1/sessions/:id', async (req) => kiln.sessions.remove(req.params.id));
+  app.post<{ Params: { id: string } }>('/v1/sessions/:id/exec', async (req) => toStage(await kiln.sessions.exec(req.params.id, req.body)));
+  app.get<{ Params: { id: string } }>('/v1/sessions/:id/events', async (req, reply) => {
+    await kiln.sessions.get(req.params.id);
+    streamSessionEvents(kiln, req.params.id, req, reply);
+  });
+  // Files: raw bytes both ways, any content type.
+  app.register(async (files) => {
+    files.removeAllContentTypeParsers();
+    files.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
+    files.put<{ Params: { id: string; '*': string } }>('/v1/sessions/:id/files/*', async (req, reply) => {
+      const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
+      await kiln.sessions.putFile(req.params.id, req.params['*'], body);
+      return reply.code(204).send();
+    });
+    files.get<{ Params: { id: string; '*': string } }>('/v1/sessions/:id/files/*', async (req, reply) => {
+      const data = await kiln.sessions.getFile(req.params.id, req.params['*']);
+      return reply.type('application/octet-stream').send(data);
+    });
+  });
+  // Deep link: a fresh instance, already running, for whoever clicks.
+  app.get<{ Params: { template: string } }>('/open/:template', async (req, reply) => {
+    try {
+      const s = await kiln.sessions.create({ template: req.params.template });
+      const openPath = kiln.config.templates[s.template]?.openPath ?? '/';
+      return reply.redirect(`${s.url.slice(0, -1)}${openPath}`, 302);
+    } catch (e) {
+      const err = e as KilnError;
+      if (!isKilnError(err) || err.status !== 503) throw e;
+      const retry = err.retryAfterS ?? 10;
+      return reply
+        .code(503)
+        .header('retry-after', String(retry))
+        .type('text/html; charset=utf-8')
+        .send(pageHtml('All instances are busy', `Every instance of ${req.params.template} is in use. This page tries again in ${retry} seconds.`, true, retry));
+    }
   });
 
   return app;

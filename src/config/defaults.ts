@@ -17,6 +17,15 @@ export const DEFAULT_CONFIG: KilnConfig = {
     retentionDays: 30,
   },
   sandboxDefaults: { cpus: 1, memoryMb: 1024, pids: 256, diskMb: 256 },
+  sessions: {
+    expiryIntervalS: 5,
+    stalePeriodS: 3600,
+    readyTimeoutS: 30,
+    holdRequestS: 10,
+    idleTimeoutS: 600,
+    maxDurationS: 3600,
+    warnings: { idleS: 60, durationS: 600 },
+  },
   runtimes: {
     process: {
       uid: 65534,
@@ -43,6 +52,19 @@ export const DEFAULT_CONFIG: KilnConfig = {
   templates: {
     host: { runtime: 'process' },
     'py-docker': { runtime: 'docker', image: 'kiln-python:local' },
+    // A demo that works out of the box: a page whose WebSocket echoes, on the host's Python.
+    'demo-web': {
+      runtime: 'process',
+      command: ['python3', '/usr/share/kiln/demo_server.py'],
+      port: 8080,
+      ready: { http: '/' },
+      idleTimeoutS: 600,
+      maxDurationS: 3600,
+      pool: { min: 0, max: 20 },
+      limits: { cpus: 0.5, memoryMb: 256, pids: 64 },
+      openPath: '/',
+      public: true,
+    },
   },
   languages: {
     python: { template: 'host', file: 'main.py', run: ['python3', 'main.py'], version: ['python3', '--version'] },

@@ -104,6 +104,12 @@ function check(config: unknown, source: string): void {
     if (t.runtime === 'docker' && !t.image) {
       throw new KilnError('invalid_config', `${source}: "templates.${name}.image" is required for runtime docker`);
     }
+    if ((t.command === undefined) !== (t.port === undefined)) {
+      throw new KilnError('invalid_config', `${source}: "templates.${name}" needs both command and port to serve sessions, or neither`);
+    }
+    if (t.pool && t.pool.min > t.pool.max) {
+      throw new KilnError('invalid_config', `${source}: "templates.${name}.pool.min" is larger than pool.max`);
+    }
   }
 }
 

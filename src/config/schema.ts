@@ -47,6 +47,26 @@ export const TemplateSchema = Type.Object(
     env: Type.Optional(Type.Record(Type.String(), Type.String())),
     /** Sandbox limits; unset fields come from `sandboxDefaults`. */
     limits: Type.Optional(Type.Partial(SandboxLimitsSchema)),
+    /** Session server: the command started in every sandbox of this template. */
+    command: Type.Optional(Type.Array(Type.String(), { minItems: 1 })),
+    /** Port the server listens on inside the sandbox (reached only through kiln's proxy). */
+    port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
+    /** Readiness: an HTTP path answering below 500, or a TCP connect. Default { tcp: true }. */
+    ready: Type.Optional(Type.Union([Type.Object({ http: Type.String({ pattern: '^/' }) }, strict), Type.Object({ tcp: Type.Literal(true) }, strict)])),
+    /** Seconds without requests or open sockets before a session ends (stopReason idle). */
+    idleTimeoutS: Type.Optional(Type.Integer({ minimum: 1 })),
+    /** Seconds a session may live at most (stopReason max_duration). */
+    maxDurationS: Type.Optional(Type.Integer({ minimum: 1 })),
+    /** Seconds before idle timeout / max duration at which a `warning` event is sent. */
+    warnings: Type.Optional(Type.Object({ idleS: Type.Optional(Type.Integer({ minimum: 0 })), durationS: Type.Optional(Type.Integer({ minimum: 0 })) }, strict)),
+    /** Warm pool: `min` ready sandboxes kept; at most `max` sandboxes of this template at once. */
+    pool: Type.Optional(Type.Object({ min: Type.Integer({ minimum: 0 }), max: Type.Integer({ minimum: 1 }) }, strict)),
+    /** Path a deep link (/open/<template>) lands on. Default /. */
+    openPath: Type.Optional(Type.String({ pattern: '^/' })),
+    /** Deep links need no credentials (classroom use). Default false. */
+    public: Type.Optional(Type.Boolean()),
+    /** `strip`: the server sees paths without /s/<token> (default); `keep`: it sees them whole (apps with a base URL setting). */
+    basePath: Type.Optional(Type.Union([Type.Literal('strip'), Type.Literal('keep')])),
   },
   strict,
 );
@@ -118,6 +138,23 @@ export const ConfigSchema = Type.Object(
     ),
     /** Sandbox limits of templates that set none. */
     sandboxDefaults: SandboxLimitsSchema,
+    sessions: Type.Object(
+      {
+        /** Seconds between sweeps for idle and expired sessions. */
+        expiryIntervalS: Type.Number({ exclusiveMinimum: 0 }),
+        /** Seconds a stopped session stays in listings (it stays in the store). */
+        stalePeriodS: Type.Integer({ minimum: 0 }),
+        /** Seconds a server may take to become ready. */
+        readyTimeoutS: Type.Integer({ minimum: 1 }),
+        /** Seconds a browser request waits for a starting session before a reload page. */
+        holdRequestS: Type.Integer({ minimum: 0 }),
+        /** Lifecycle of templates that set none. */
+        idleTimeoutS: Type.Integer({ minimum: 1 }),
+        maxDurationS: Type.Integer({ minimum: 1 }),
+        warnings: Type.Object({ idleS: Type.Integer({ minimum: 0 }), durationS: Type.Integer({ minimum: 0 }) }, strict),
+      },
+      strict,
+    ),
     runtimes: Type.Object(
       {
         process: Type.Object(

@@ -23,6 +23,27 @@ export interface RunsTable {
   finished_at: string | null;
 }
 
+export interface SessionsTable {
+  id: string;
+  template: string;
+  /** sha256 of the URL token: the store never holds a usable session secret. */
+  token_hash: string;
+  status: string;
+  stop_reason: string | null;
+  runtime: string;
+  sandbox_id: string | null;
+  from_pool: number;
+  metadata: string | null;
+  idle_timeout_s: number;
+  max_duration_s: number;
+  created_at: string;
+  ready_at: string | null;
+  expires_at: string;
+  last_activity_at: string;
+  stopped_at: string | null;
+  error: string | null;
+}
+
 export interface MetaTable {
   key: string;
   value: string;
@@ -30,6 +51,7 @@ export interface MetaTable {
 
 export interface Tables {
   runs: RunsTable;
+  sessions: SessionsTable;
   meta: MetaTable;
 }
 
@@ -57,6 +79,32 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex('runs_created_at').on('runs').column('created_at').execute();
       await db.schema.createTable('meta').addColumn('key', 'text', (c) => c.primaryKey()).addColumn('value', 'text', (c) => c.notNull()).execute();
     },
+  },
+};
+
+migrations['0002_sessions'] = {
+  async up(db) {
+    await db.schema
+      .createTable('sessions')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('template', 'text', (c) => c.notNull())
+      .addColumn('token_hash', 'text', (c) => c.notNull())
+      .addColumn('status', 'text', (c) => c.notNull())
+      .addColumn('stop_reason', 'text')
+      .addColumn('runtime', 'text', (c) => c.notNull())
+      .addColumn('sandbox_id', 'text')
+      .addColumn('from_pool', 'integer', (c) => c.notNull())
+      .addColumn('metadata', 'text')
+      .addColumn('idle_timeout_s', 'integer', (c) => c.notNull())
+      .addColumn('max_duration_s', 'integer', (c) => c.notNull())
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('ready_at', 'text')
+      .addColumn('expires_at', 'text', (c) => c.notNull())
+      .addColumn('last_activity_at', 'text', (c) => c.notNull())
+      .addColumn('stopped_at', 'text')
+      .addColumn('error', 'text')
+      .execute();
+    await db.schema.createIndex('sessions_status').on('sessions').column('status').execute();
   },
 };
 

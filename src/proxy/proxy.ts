@@ -1,0 +1,190 @@
+/**
+ * The session proxy: every method and WebSocket upgrade on `/s/<token>/...`
+ * reaches the template's port inside the session's sandbox, through the
+ * sandbox's unix-socket bridge. A lean node:http/net proxy: bodies stream both
+ * ways, nothing is buffered. Requests and open sockets count as activity.
+ */
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { SessionService, LiveSession } from '../sessions/service.js';
+import type { KilnConfig } from '../config/schema.js';
+import { pageHtml } from './pages.js';
+
+export const PREFIX = '/s/';
+
+/** Hop-by-hop headers are for one connection only (RFC 9110 §7.6.1). */
+const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate']);
+
+export interface ProxyStats {
+  requests: number;
+  openSockets: number;
+}
+
+export class SessionProxy {
+  /** One keep-alive agent per socket path: connections to a backend are reused. */
+  private readonly agents = new Map<string, http.Agent>();
+  readonly stats: ProxyStats = { requests: 0, openSockets: 0 };
+
+  constructor(
+    private readonly sessions: SessionService,
+    private readonly config: KilnConfig,
+  ) {}
+
+  /** Split `/s/<token>/rest?q` into the token and what the server should see. */
+  private route(url: string): { token: string; rest: string } | undefined {
+    if (!url.startsWith(PREFIX)) return undefined;
+    const end = url.indexOf('/', PREFIX.length);
+    const q = url.indexOf('?', PREFIX.length);
+    if (end < 0) return { token: url.slice(PREFIX.length, q < 0 ? undefined : q), rest: '' };
+    return { token: url.slice(PREFIX.length, end), rest: url.slice(end) };
+  }
+
+  private async session(req: IncomingMessage, res: ServerResponse | undefined): Promise<LiveSession | undefined> {
+    const r = this.route(req.url ?? '');
+    const session = r ? this.sessions.byTokenLookup(r.token) : undefined;
+    if (!r || !session) {
+      res && send(res, 404, 'No such session', 'This link does not lead to a session. Ask for a new one.');
+      return undefined;
+    }
+    if (r.rest === '') {
+      // /s/<token> without the slash: relative links in the app would break.
+      res && (res.writeHead(308, { location: `${PREFIX}${r.token}/${req.url!.slice(PREFIX.length + r.token.length)}` }), res.end());
+      return undefined;
+    }
+    if (session.status === 'starting') {
+      await Promise.race([session.settled, new Promise((ok) => setTimeout(ok, this.config.sessions.holdRequestS * 1000))]);
+    }
+    if (session.status === 'starting') {
+      res && send(res, 503, 'Starting…', 'Your session is starting. This page reloads by itself.', { refresh: true });
+      return undefined;
+    }
+    if (session.status !== 'ready' || !session.warm) {
+      res && send(res, 410, 'Session ended', `This session has ended${session.stopReason ? ` (${session.stopReason.replace('_', ' ')})` : ''}. Ask for a new one.`);
+      return undefined;
+    }
+    return session;
+  }
+
+  private backendPath(session: LiveSession, url: string): string {
+    const keep = this.config.templates[session.template]?.basePath === 'keep';
+    return keep ? url : url.slice(PREFIX.length + session.token.length);
+  }
+
+  private forwardedHeaders(req: IncomingMessage): Record<string, string | string[]> {
+    const out: Record<string, string | string[]> = {};
+    for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !HOP.has(k)) out[k] = v;
+    const prior = req.headers['x-forwarded-for'];
+    const client = req.socket.remoteAddress ?? '';
+    out['x-forwarded-for'] = prior ? `${prior}, ${client}` : client;
+    out['x-forwarded-proto'] = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
+    if (req.headers.host) out['x-forwarded-host'] = req.headers.host;
+    out['x-forwarded-prefix'] = this.route(req.url ?? '') ? `${PREFIX}${this.route(req.url!)!.token}` : '';
+    return out;
+  }
+
+  private agentFor(socketPath: string): http.Agent {
+    let a = this.agents.get(socketPath);
+    if (!a) {
+      a = new http.Agent({ keepAlive: true, maxSockets: 256 });
+      this.agents.set(socketPath, a);
+    }
+    return a;
+  }
+
+  /** Forget connections to a sandbox that is gone. */
+  dropAgent(socketPath: string): void {
+    this.agents.get(socketPath)?.destroy();
+    this.agents.delete(socketPath);
+  }
+
+  async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const session = await this.session(req, res);
+    if (!session) return;
+    const warm = session.warm!;
+    session.touch();
+    session.openSockets++;
+    this.stats.requests++;
+    this.stats.openSockets++;
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      session.openSockets--;
+      this.stats.openSockets--;
+      session.touch();
+    };
+    res.on('close', finish);
+    const upstream = http.request({
+      socketPath: warm.socketPath,
+      agent: this.agentFor(warm.socketPath),
+      method: req.method,
+      path: this.backendPath(session, req.url!),
+      headers: this.forwardedHeaders(req),
+    });
+    upstream.on('response', (up) => {
+      const headers: Record<string, string | string[]> = {};
+      for (const [k, v] of Object.entries(up.headers)) if (v !== undefined && !HOP.has(k)) headers[k] = v;
+      res.writeHead(up.statusCode ?? 502, up.statusMessage, headers);
+      up.pipe(res);
+    });
+    upstream.on('error', () => {
+      if (!res.headersSent) send(res, 502, 'Bad gateway', 'The session’s server did not answer.');
+      else res.destroy();
+    });
+    req.on('aborted', () => upstream.destroy());
+    req.pipe(upstream);
+  }
+
+  /** WebSocket (or any) upgrade: replay the request head to the backend, then splice the sockets. */
+  async upgrade(req: IncomingMessage, client: Duplex, head: Buffer): Promise<void> {
+    client.on('error', () => client.destroy());
+    const session = await this.session(req, undefined);
+    if (!session) {
+      client.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      return;
+    }
+    const backend = net.connect(session.warm!.socketPath);
+    session.touch();
+    session.openSockets++;
+    this.stats.openSockets++;
+    let closed = false;
+    const close = () => {
+      if (closed) return;
+      closed = true;
+      session.openSockets--;
+      this.stats.openSockets--;
+      session.touch();
+      backend.destroy();
+      client.destroy();
+    };
+    backend.on('error', close);
+    backend.on('close', close);
+    client.on('close', close);
+    backend.on('connect', () => {
+      const headers = this.forwardedHeaders(req);
+      // Upgrade requests keep their Connection/Upgrade headers: they are the point.
+      headers.connection = req.headers.connection ?? 'Upgrade';
+      if (req.headers.upgrade) headers.upgrade = req.headers.upgrade;
+      let text = `${req.method} ${this.backendPath(session, req.url!)} HTTP/1.1\r\n`;
+      for (const [k, v] of Object.entries(headers)) for (const one of Array.isArray(v) ? v : [v]) text += `${k}: ${one}\r\n`;
+      backend.write(text + '\r\n');
+      if (head.length) backend.write(head);
+      backend.pipe(client);
+      client.pipe(backend);
+    });
+  }
+
+  close(): void {
+    for (const a of this.agents.values()) a.destroy();
+    this.agents.clear();
+  }
+}
+
+function send(res: ServerResponse, status: number, title: string, text: string, opts: { refresh?: boolean } = {}): void {
+  const body = pageHtml(title, text, opts.refresh);
+  const headers: Record<string, string> = { 'content-type': 'text/html; charset=utf-8', 'content-length': String(Buffer.byteLength(body)), 'cache-control': 'no-store' };
+  if (status === 503) headers['retry-after'] = '1';
+  res.writeHead(status, headers);
+  res.end(body);
+}

@@ -1,0 +1,423 @@
+/**
+ * The session service: hands out sandboxes bound to a client, tracks their
+ * activity, warns before and enforces idle timeout and max duration, and
+ * records every status change in the store and on the event bus.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import type { KilnConfig, TemplateConfig } from '../config/schema.js';
+import { invalid, KilnError, messageOf, notFound } from '../errors.js';
+import type { KilnEventBus } from '../events.js';
+import type { Budget, Reservation } from '../pools/budget.js';
+import { Pool, type PoolView } from '../pools/pool.js';
+import { newToken, startWarm, type WarmSandbox } from '../pools/warm.js';
+import type { Runtimes } from '../runtimes/index.js';
+import type { ExecResult } from '../runtimes/types.js';
+import type { Db } from '../store/db.js';
+import { SESSION_STATUS, TRANSITIONS, type SessionRequest, type SessionStatus, type SessionView, type StopReason } from './types.js';
+
+export interface SessionServiceDeps {
+  config: KilnConfig;
+  runtimes: Runtimes;
+  budget: Budget;
+  events: KilnEventBus;
+  db: Db;
+  log?: { warn(o: object, m: string): void; error(o: object, m: string): void };
+}
+
+/** A session this server is running now (or stopped less than `stalePeriodS` ago). */
+export class LiveSession {
+  status: SessionStatus = SESSION_STATUS.starting;
+  stopReason: StopReason | undefined;
+  warm: WarmSandbox | undefined;
+  lastActivity = Date.now();
+  /** Proxied requests in flight and open WebSockets: while any is open, the session is active. */
+  openSockets = 0;
+  warned = { idle: false, duration: false };
+  readyAt: number | undefined;
+  stoppedAt: number | undefined;
+  error: string | undefined;
+  /** Resolves when the session leaves `starting`. */
+  readonly settled: Promise<void>;
+  settle!: () => void;
+
+  constructor(
+    readonly id: string,
+    readonly template: string,
+    readonly token: string,
+    readonly fromPool: boolean,
+    readonly createdAt: number,
+    readonly idleTimeoutS: number,
+    readonly maxDurationS: number,
+    readonly warnings: { idleS: number; durationS: number },
+    readonly metadata: Record<string, string> | undefined,
+  ) {
+    this.settled = new Promise((r) => (this.settle = r));
+  }
+
+  touch(): void {
+    this.lastActivity = Date.now();
+    this.warned.idle = false;
+  }
+
+  view(withToken = false): SessionView {
+    const v: SessionView = {
+      id: this.id,
+      template: this.template,
+      status: this.status,
+      url: `/s/${this.token}/`,
+      fromPool: this.fromPool,
+      createdAt: new Date(this.createdAt).toISOString(),
+      expiresAt: new Date(this.createdAt + this.maxDurationS * 1000).toISOString(),
+      lastActivityAt: new Date(this.lastActivity).toISOString(),
+      idleTimeoutS: this.idleTimeoutS,
+    };
+    if (withToken) v.token = this.token;
+    if (this.metadata) v.metadata = this.metadata;
+    if (this.readyAt) v.readyAt = new Date(this.readyAt).toISOString();
+    if (this.stopReason) v.stopReason = this.stopReason;
+    if (this.stoppedAt) v.stoppedAt = new Date(this.stoppedAt).toISOString();
+    if (this.error) v.error = this.error;
+    return v;
+  }
+}
+
+const hashToken = (token: string) => createHash('sha256').update(token).digest('hex');
+const REQUEST_KEYS = new Set(['template', 'env', 'idleTimeoutS', 'maxDurationS', 'metadata']);
+
+export class SessionService {
+  private readonly byId = new Map<string, LiveSession>();
+  private readonly byToken = new Map<string, LiveSession>();
+  readonly pools = new Map<string, Pool>();
+  private sweeper: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  constructor(private readonly deps: SessionServiceDeps) {
+    for (const [name, t] of Object.entries(deps.config.templates)) {
+      if (!t.command) continue;
+      const pool = t.pool ?? { min: 0, max: 20 };
+      this.pools.set(name, new Pool(name, pool.min, pool.max, this.reservationOf(name), deps));
+    }
+  }
+
+  /** Mark sessions a dead server left as stopped (their sandboxes were reaped), fill pools, start sweeping. */
+  async start(): Promise<number> {
+    const res = await this.deps.db
+      .updateTable('sessions')
+      .set({ status: 'stopped', stop_reason: 'shutdown', stopped_at: new Date().toISOString() })
+      .where('status', 'in', ['starting', 'ready', 'stopping'])
+      .executeTakeFirst();
+    for (const p of this.pools.values()) p.refill();
+    this.sweeper = setInterval(() => void this.sweep(), this.deps.config.sessions.expiryIntervalS * 1000);
+    this.sweeper.unref();
+    return Number(res.numUpdatedRows);
+  }
+
+  private template(name: string): TemplateConfig {
+    const t = Object.hasOwn(this.deps.config.templates, name) ? this.deps.config.templates[name] : undefined;
+    if (!t) throw new KilnError('unknown_template', `template: unknown template ${JSON.stringify(name)}; see GET /v1/templates`, 400);
+    if (!t.command || !t.port) throw new KilnError('not_a_session_template', `template: ${name} has no command and port, so it cannot serve sessions`, 400);
+    return t;
+  }
+
+  private reservationOf(name: string): Reservation {
+    const { spec } = this.deps.runtimes.specFor(name);
+    return { cpus: spec.limits.cpus, memoryMb: spec.limits.memoryMb };
+  }
+
+  /** Validate a create request; every problem names the field. */
+  private parse(body: unknown): SessionRequest {
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) throw invalid('body', 'must be a JSON object');
+    const b = body as Record<string, unknown>;
+    for (const k of Object.keys(b)) if (!REQUEST_KEYS.has(k)) throw invalid(k, 'unknown field');
+    if (typeof b.template !== 'string') throw invalid('template', b.template === undefined ? 'is required' : 'must be a string');
+    const req: SessionRequest = { template: b.template };
+    for (const key of ['env', 'metadata'] as const) {
+      const v = b[key];
+      if (v === undefined) continue;
+      if (v === null || typeof v !== 'object' || Array.isArray(v) || Object.values(v).some((x) => typeof x !== 'string')) throw invalid(key, 'must be an object of strings');
+      if (Object.keys(v).length > 64) throw invalid(key, 'at most 64 entries');
+      if (key === 'env') for (const name of Object.keys(v)) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name) || name.startsWith('KILN_')) throw invalid(`env.${name}`, 'must be a variable name, not starting with KILN_');
+      req[key] = v as Record<string, string>;
+    }
+    for (const key of ['idleTimeoutS', 'maxDurationS'] as const) {
+      const v = b[key];
+      if (v === undefined) continue;
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw invalid(key, 'must be a positive integer');
+      req[key] = v;
+    }
+    return req;
+  }
+
+  /** Claim a warm sandbox (or start one cold) and bind it to a new session. */
+  async create(body: unknown): Promise<SessionView> {
+    if (this.closed) throw new KilnError('shutting_down', 'the server is shutting down', 503, { retryAfterS: 5 });
+    const req = this.parse(body);
+    const t = this.template(req.template);
+    const s = this.deps.config.sessions;
+    const maxDurationS = t.maxDurationS ?? s.maxDurationS;
+    const idleTimeoutS = t.idleTimeoutS ?? s.idleTimeoutS;
+    // A client may ask for less than the template allows, never more.
+    if (req.maxDurationS !== undefined && req.maxDurationS > maxDurationS) throw invalid('maxDurationS', `must be at most ${maxDurationS} (template ${req.template})`);
+    if (req.idleTimeoutS !== undefined && req.idleTimeoutS > idleTimeoutS) throw invalid('idleTimeoutS', `must be at most ${idleTimeoutS} (template ${req.template})`);
+    const pool = this.pools.get(req.template)!;
+    const started = performance.now();
+    // A request with its own env needs a server started with it: never a pooled one.
+    const warm = req.env ? undefined : pool.claim();
+    let session: LiveSession;
+    const make = (token: string, fromPool: boolean) =>
+      new LiveSession(randomUUID(), req.template, token, fromPool, Date.now(), req.idleTimeoutS ?? idleTimeoutS, req.maxDurationS ?? maxDurationS, { ...s.warnings, ...t.warnings }, req.metadata);
+    if (warm) {
+      session = make(warm.token, true);
+      session.warm = warm;
+      await this.insert(session, warm.sandbox.runtime, warm.sandbox.id);
+      this.register(session);
+      await this.transition(session, 'ready');
+      this.deps.events.safeEmit('session:claimed', { template: req.template, fromPool: true, ms: performance.now() - started });
+      this.watchMain(session);
+    } else {
+      const reservation = this.reservationOf(req.template);
+      if (!pool.hasRoom()) throw new KilnError('no_capacity', `all ${pool.view().max} instances of ${req.template} are in use; retry later`, 503, { retryAfterS: 10 });
+      if (!this.deps.budget.tryReserve(reservation)) {
+        throw new KilnError('over_budget', `no room on this node for another ${req.template} sandbox (${reservation.cpus} CPUs, ${reservation.memoryMb} MiB); retry later`, 503, { retryAfterS: 10 });
+      }
+      pool.adoptCold();
+      session = make(newToken(), false);
+      await this.insert(session, this.deps.config.templates[req.template]!.runtime, null);
+      this.register(session);
+      void this.coldStart(session, reservation, req.env ?? {}, started);
+    }
+    return session.view(true);
+  }
+
+  private async coldStart(session: LiveSession, reservation: Reservation, env: Record<string, string>, started: number): Promise<void> {
+    try {
+      const warm = await startWarm(this.deps.config, this.deps.runtimes, session.template, reservation, env, session.token);
+      session.warm = warm;
+      await this.deps.db.updateTable('sessions').set({ sandbox_id: warm.sandbox.id }).where('id', '=', session.id).execute();
+      if (session.status !== 'starting') {
+        // Deleted while starting: the sandbox is not needed any more.
+        await this.release(session);
+        return;
+      }
+      await this.transition(session, 'ready');
+      this.deps.events.safeEmit('session:claimed', { template: session.template, fromPool: false, ms: performance.now() - started });
+      this.watchMain(session);
+    } catch (e) {
+      session.error = messageOf(e);
+      this.deps.budget.release(reservation);
+      this.pools.get(session.template)?.release();
+      if (session.status === 'starting') await this.transition(session, 'failed', 'failed');
+    }
+  }
+
+  private watchMain(session: LiveSession): void {
+    void session.warm?.sandbox.mainExited?.then(async () => {
+      if (session.status === 'ready') {
+        session.error = 'the server exited';
+        await this.stop(session, 'failed');
+      }
+    });
+  }
+
+  private register(session: LiveSession): void {
+    this.byId.set(session.id, session);
+    this.byToken.set(session.token, session);
+  }
+
+  private async insert(session: LiveSession, runtime: string, sandboxId: string | null): Promise<void> {
+    const v = session.view();
+    await this.deps.db
+      .insertInto('sessions')
+      .values({
+        id: session.id,
+        template: session.template,
+        token_hash: hashToken(session.token),
+        status: session.status,
+        stop_reason: null,
+        runtime,
+        sandbox_id: sandboxId,
+        from_pool: session.fromPool ? 1 : 0,
+        metadata: session.metadata ? JSON.stringify(session.metadata) : null,
+        idle_timeout_s: session.idleTimeoutS,
+        max_duration_s: session.maxDurationS,
+        created_at: v.createdAt,
+        ready_at: null,
+        expires_at: v.expiresAt,
+        last_activity_at: v.lastActivityAt,
+        stopped_at: null,
+        error: null,
+      })
+      .execute();
+  }
+
+  /** The one place a status changes: checked against TRANSITIONS, stored, emitted. */
+  private async transition(session: LiveSession, to: SessionStatus, reason?: StopReason): Promise<void> {
+    if (!TRANSITIONS[session.status].includes(to)) return;
+    session.status = to;
+    if (reason) session.stopReason = reason;
+    if (to === 'ready') session.readyAt = Date.now();
+    if (to === 'stopped' || to === 'failed') session.stoppedAt = Date.now();
+    if (to !== 'starting') session.settle();
+    const v = session.view();
+    await this.deps.db
+      .updateTable('sessions')
+      .set({ status: to, stop_reason: v.stopReason ?? null, ready_at: v.readyAt ?? null, stopped_at: v.stoppedAt ?? null, last_activity_at: v.lastActivityAt, error: v.error ?? null })
+      .where('id', '=', session.id)
+      .execute();
+    this.deps.events.safeEmit('session:status', v);
+  }
+
+  /** End a session: its sandbox is destroyed and its budget and pool slot freed. */
+  async stop(session: LiveSession, reason: StopReason): Promise<void> {
+    if (session.status === 'stopping' || session.status === 'stopped' || session.status === 'failed') return;
+    const wasStarting = session.status === 'starting';
+    await this.transition(session, 'stopping', reason);
+    if (!wasStarting) await this.release(session);
+    await this.transition(session, 'stopped', reason);
+  }
+
+  private async release(session: LiveSession): Promise<void> {
+    const warm = session.warm;
+    if (!warm) return;
+    session.warm = undefined;
+    await warm.sandbox.destroy().catch((e: unknown) => this.deps.log?.warn({ err: messageOf(e), session: session.id }, 'sandbox destroy failed'));
+    this.deps.budget.release(warm.reservation);
+    this.pools.get(session.template)?.release();
+  }
+
+  /** Warn before, and end at, idle timeout and max duration; forget stale stopped sessions. */
+  async sweep(now = Date.now()): Promise<void> {
+    for (const s of [...this.byId.values()]) {
+      if (s.status === 'stopped' || s.status === 'failed') {
+        if (now - (s.stoppedAt ?? now) >= this.deps.config.sessions.stalePeriodS * 1000) {
+          this.byId.delete(s.id);
+          this.byToken.delete(s.token);
+        }
+        continue;
+      }
+      if (s.status !== 'ready') continue;
+      if (s.openSockets > 0) s.touch();
+      const idleLeft = s.idleTimeoutS * 1000 - (now - s.lastActivity);
+      const durationLeft = s.maxDurationS * 1000 - (now - s.createdAt);
+      if (durationLeft <= 0) {
+        await this.stop(s, 'max_duration');
+        continue;
+      }
+      if (idleLeft <= 0) {
+        await this.stop(s, 'idle');
+        continue;
+      }
+      if (!s.warned.duration && durationLeft <= s.warnings.durationS * 1000) {
+        s.warned.duration = true;
+        this.deps.events.safeEmit('session:warning', s.view(), { kind: 'max_duration', inS: Math.ceil(durationLeft / 1000) });
+      }
+      if (!s.warned.idle && idleLeft <= s.warnings.idleS * 1000) {
+        s.warned.idle = true;
+        this.deps.events.safeEmit('session:warning', s.view(), { kind: 'idle', inS: Math.ceil(idleLeft / 1000) });
+      }
+    }
+    await this.persistActivity();
+  }
+
+  private async persistActivity(): Promise<void> {
+    for (const s of this.byId.values()) {
+      if (s.status !== 'ready') continue;
+      await this.deps.db.updateTable('sessions').set({ last_activity_at: new Date(s.lastActivity).toISOString() }).where('id', '=', s.id).execute();
+    }
+  }
+
+  byTokenLookup(token: string): LiveSession | undefined {
+    return this.byToken.get(token);
+  }
+
+  live(id: string): LiveSession {
+    const s = this.byId.get(id);
+    if (!s) throw notFound('session', id);
+    return s;
+  }
+
+  async get(id: string): Promise<SessionView> {
+    const s = this.byId.get(id);
+    if (s) return s.view();
+    const row = await this.deps.db.selectFrom('sessions').selectAll().where('id', '=', id).executeTakeFirst();
+    if (!row) throw notFound('session', id);
+    return {
+      id: row.id,
+      template: row.template,
+      status: row.status as SessionStatus,
+      ...(row.stop_reason ? { stopReason: row.stop_reason as StopReason } : {}),
+      url: '',
+      fromPool: row.from_pool === 1,
+      createdAt: row.created_at,
+      expiresAt: row.expires_at,
+      lastActivityAt: row.last_activity_at,
+      idleTimeoutS: row.idle_timeout_s,
+      ...(row.stopped_at ? { stoppedAt: row.stopped_at } : {}),
+      ...(row.error ? { error: row.error } : {}),
+    };
+  }
+
+  /** Live sessions and those stopped within `stalePeriodS`. */
+  list(): SessionView[] {
+    return [...this.byId.values()].map((s) => s.view());
+  }
+
+  async remove(id: string): Promise<SessionView> {
+    const s = this.live(id);
+    await this.stop(s, 'deleted');
+    return s.view();
+  }
+
+  private ready(id: string): LiveSession & { warm: WarmSandbox } {
+    const s = this.live(id);
+    if (s.status !== 'ready' || !s.warm) throw new KilnError('session_not_ready', `session ${id} is ${s.status}`, 409);
+    s.touch();
+    return s as LiveSession & { warm: WarmSandbox };
+  }
+
+  async exec(id: string, body: unknown): Promise<ExecResult> {
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) throw invalid('body', 'must be a JSON object');
+    const b = body as Record<string, unknown>;
+    for (const k of Object.keys(b)) if (!['command', 'stdin', 'timeoutMs'].includes(k)) throw invalid(k, 'unknown field');
+    if (!Array.isArray(b.command) || b.command.length === 0 || b.command.some((c) => typeof c !== 'string' || c.includes('\0'))) throw invalid('command', 'must be a non-empty array of strings');
+    if (b.stdin !== undefined && typeof b.stdin !== 'string') throw invalid('stdin', 'must be a string');
+    const max = this.deps.config.runs.maxima.wallMs;
+    if (b.timeoutMs !== undefined && (typeof b.timeoutMs !== 'number' || !Number.isInteger(b.timeoutMs) || b.timeoutMs < 1 || b.timeoutMs > max)) throw invalid('timeoutMs', `must be an integer from 1 to ${max}`);
+    const s = this.ready(id);
+    const { spec } = this.deps.runtimes.specFor(s.template);
+    const timeoutMs = (b.timeoutMs as number | undefined) ?? this.deps.config.runs.defaults.wallMs;
+    s.openSockets++;
+    try {
+      return await s.warm.sandbox.exec({
+        command: b.command as string[],
+        stdin: b.stdin as string | undefined,
+        limits: { wallMs: timeoutMs, cpuMs: timeoutMs, memoryMb: spec.limits.memoryMb, pids: spec.limits.pids, outputBytes: this.deps.config.runs.defaults.outputBytes },
+      });
+    } finally {
+      s.openSockets--;
+      s.touch();
+    }
+  }
+
+  async putFile(id: string, path: string, data: Buffer): Promise<void> {
+    await this.ready(id).warm.sandbox.putFile(path, data);
+  }
+
+  async getFile(id: string, path: string): Promise<Buffer> {
+    const data = await this.ready(id).warm.sandbox.getFile(path, this.deps.config.server.bodyLimitBytes);
+    if (!data) throw notFound('file', path);
+    return data;
+  }
+
+  poolViews(): PoolView[] {
+    return [...this.pools.values()].map((p) => p.view());
+  }
+
+  /** Stop every session (stopReason shutdown) and empty the pools. */
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.sweeper);
+    await Promise.all([...this.byId.values()].map((s) => this.stop(s, 'shutdown')));
+    await Promise.all([...this.pools.values()].map((p) => p.close()));
+  }
+}
