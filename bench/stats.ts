@@ -39,6 +39,34 @@ export async function measure(opts: SeriesOptions, fn: () => Promise<void>): Pro
   return { concurrency: opts.concurrency, latenciesMs, elapsedMs: performance.now() - started, capped };
 }
 
+/**
+ * Two sequential series interleaved call by call (a b, b a, a b, …), so drift in
+ * the machine's load falls on both alike: for comparing two ways of doing the
+ * same thing. Each series' elapsed time is the sum of its own calls.
+ */
+export async function measurePaired(opts: Omit<SeriesOptions, 'concurrency'>, a: () => Promise<void>, b: () => Promise<void>): Promise<[Series, Series]> {
+  const out: [Series, Series] = [
+    { concurrency: 1, latenciesMs: [], elapsedMs: 0, capped: false },
+    { concurrency: 1, latenciesMs: [], elapsedMs: 0, capped: false },
+  ];
+  const fns = [a, b];
+  for (let i = 0; i < opts.warmup + opts.count; i++) {
+    if (performance.now() > opts.deadline) {
+      out[0].capped = out[1].capped = true;
+      break;
+    }
+    for (const k of i % 2 === 0 ? [0, 1] : [1, 0]) {
+      const t0 = performance.now();
+      await fns[k]!();
+      const ms = performance.now() - t0;
+      if (i < opts.warmup) continue;
+      out[k]!.latenciesMs.push(ms);
+      out[k]!.elapsedMs += ms;
+    }
+  }
+  return out;
+}
+
 /** Returns true when the deadline stopped the loops before `count` calls. */
 async function loops(count: number, concurrency: number, deadline: number, fn: () => Promise<void>, record: (ms: number) => void): Promise<boolean> {
   let next = 0;
