@@ -65,6 +65,17 @@ export const DEFAULT_CONFIG: KilnConfig = {
       openPath: '/',
       public: true,
     },
+    // The same demo on the docker runtime (the server is baked into kiln-python:local).
+    'demo-docker': {
+      runtime: 'docker',
+      image: 'kiln-python:local',
+      command: ['python3', '/usr/share/kiln/demo_server.py'],
+      port: 8080,
+      ready: { http: '/' },
+      pool: { min: 0, max: 20 },
+      limits: { cpus: 0.5, memoryMb: 256, pids: 64 },
+      openPath: '/',
+    },
   },
   languages: {
     python: { template: 'host', file: 'main.py', run: ['python3', 'main.py'], version: ['python3', '--version'] },

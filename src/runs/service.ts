@@ -105,13 +105,13 @@ export class RunService {
       run.verdict = 'internal_error';
       run.error = messageOf(e);
       this.deps.log?.error({ runId: run.id, err: run.error }, 'run failed inside kiln');
-    } finally {
-      await sandbox?.destroy().catch((e: unknown) => this.deps.log?.warn({ err: messageOf(e) }, 'sandbox destroy failed'));
     }
     run.status = 'done';
     run.finishedAt = new Date().toISOString();
     await this.deps.store.finish(run);
     this.deps.events.safeEmit('run:done', { ...run });
+    // Clean-up after the answer: the client has its verdict; the queue slot (and budget) stay held until the sandbox is gone.
+    await sandbox?.destroy().catch((e: unknown) => this.deps.log?.warn({ err: messageOf(e) }, 'sandbox destroy failed'));
   }
 
   async get(id: string): Promise<Run> {

@@ -165,6 +165,12 @@ export class Cgroup {
     }
   }
 
+  /** Remove the cgroup only if it has no child cgroups (rmdir refuses otherwise). */
+  async removeIfEmpty(): Promise<void> {
+    const dirs = this.mode === 'v2' ? [join(ROOT, this.rel)] : V1_CONTROLLERS.map((c) => this.dir(c));
+    for (const d of dirs) await rmdir(d).catch(() => undefined);
+  }
+
   /** Kill what is left and remove the cgroup (children first). */
   async remove(): Promise<void> {
     await this.killAll();
