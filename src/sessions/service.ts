@@ -89,6 +89,8 @@ export class SessionService {
   private readonly byToken = new Map<string, LiveSession>();
   readonly pools = new Map<string, Pool>();
   private sweeper: NodeJS.Timeout | undefined;
+  /** Cold starts in flight: close() waits for them so no sandbox outlives the service. */
+  private readonly coldStarts = new Set<Promise<void>>();
   private closed = false;
 
   constructor(private readonly deps: SessionServiceDeps) {
@@ -184,29 +186,32 @@ export class SessionService {
       session = make(newToken(), false);
       await this.insert(session, this.deps.config.templates[req.template]!.runtime, null);
       this.register(session);
-      void this.coldStart(session, reservation, req.env ?? {}, started);
+      const pending = this.coldStart(session, reservation, req.env ?? {}, started).finally(() => this.coldStarts.delete(pending));
+      this.coldStarts.add(pending);
     }
     return session.view(true);
   }
 
   private async coldStart(session: LiveSession, reservation: Reservation, env: Record<string, string>, started: number): Promise<void> {
+    let warm: WarmSandbox | undefined;
     try {
-      const warm = await startWarm(this.deps.config, this.deps.runtimes, session.template, reservation, env, session.token);
+      warm = await startWarm(this.deps.config, this.deps.runtimes, session.template, reservation, env, session.token);
+      if (session.status !== 'starting') throw new Error('deleted while starting');
       session.warm = warm;
       await this.deps.db.updateTable('sessions').set({ sandbox_id: warm.sandbox.id }).where('id', '=', session.id).execute();
-      if (session.status !== 'starting') {
-        // Deleted while starting: the sandbox is not needed any more.
-        await this.release(session);
-        return;
-      }
       await this.transition(session, 'ready');
       this.deps.events.safeEmit('session:claimed', { template: session.template, fromPool: false, ms: performance.now() - started });
       this.watchMain(session);
     } catch (e) {
-      session.error = messageOf(e);
+      // Whatever failed, the sandbox (if it came up) and its reservations go back.
+      session.warm = undefined;
+      await warm?.sandbox.destroy().catch(() => undefined);
       this.deps.budget.release(reservation);
       this.pools.get(session.template)?.release();
-      if (session.status === 'starting') await this.transition(session, 'failed', 'failed');
+      if (session.status === 'starting') {
+        session.error = messageOf(e);
+        await this.transition(session, 'failed', 'failed');
+      }
     }
   }
 
@@ -368,8 +373,10 @@ export class SessionService {
     return s.view();
   }
 
-  private ready(id: string): LiveSession & { warm: WarmSandbox } {
+  /** The session once ready: a call on a starting session waits for it (up to holdRequestS), as browsers do. */
+  private async ready(id: string): Promise<LiveSession & { warm: WarmSandbox }> {
     const s = this.live(id);
+    if (s.status === 'starting') await Promise.race([s.settled, new Promise((r) => setTimeout(r, this.deps.config.sessions.holdRequestS * 1000))]);
     if (s.status !== 'ready' || !s.warm) throw new KilnError('session_not_ready', `session ${id} is ${s.status}`, 409);
     s.touch();
     return s as LiveSession & { warm: WarmSandbox };
@@ -383,7 +390,7 @@ export class SessionService {
     if (b.stdin !== undefined && typeof b.stdin !== 'string') throw invalid('stdin', 'must be a string');
     const max = this.deps.config.runs.maxima.wallMs;
     if (b.timeoutMs !== undefined && (typeof b.timeoutMs !== 'number' || !Number.isInteger(b.timeoutMs) || b.timeoutMs < 1 || b.timeoutMs > max)) throw invalid('timeoutMs', `must be an integer from 1 to ${max}`);
-    const s = this.ready(id);
+    const s = await this.ready(id);
     const { spec } = this.deps.runtimes.specFor(s.template);
     const timeoutMs = (b.timeoutMs as number | undefined) ?? this.deps.config.runs.defaults.wallMs;
     s.openSockets++;
@@ -400,11 +407,11 @@ export class SessionService {
   }
 
   async putFile(id: string, path: string, data: Buffer): Promise<void> {
-    await this.ready(id).warm.sandbox.putFile(path, data);
+    await (await this.ready(id)).warm.sandbox.putFile(path, data);
   }
 
   async getFile(id: string, path: string): Promise<Buffer> {
-    const data = await this.ready(id).warm.sandbox.getFile(path, this.deps.config.server.bodyLimitBytes);
+    const data = await (await this.ready(id)).warm.sandbox.getFile(path, this.deps.config.server.bodyLimitBytes);
     if (!data) throw notFound('file', path);
     return data;
   }
@@ -418,6 +425,7 @@ export class SessionService {
     this.closed = true;
     clearInterval(this.sweeper);
     await Promise.all([...this.byId.values()].map((s) => this.stop(s, 'shutdown')));
+    await Promise.all(this.coldStarts);
     await Promise.all([...this.pools.values()].map((p) => p.close()));
   }
 }

@@ -1,0 +1,295 @@
+/**
+ * Sessions end to end on both runtimes: real sandboxes running the demo
+ * server, the real proxy on loopback, real timeouts with small values.
+ */
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import WebSocket from 'ws';
+import { startTestKiln, testConfig, type TestKiln } from '../helpers.js';
+
+let t: TestKiln;
+let base: string;
+import type { KilnConfig } from '../../src/config/schema.js';
+
+function sessionConfig(): KilnConfig {
+  const c = testConfig({
+    budget: { cpuTotal: 64, memoryTotalMb: 64 * 1024 },
+    sessions: { expiryIntervalS: 0.2, holdRequestS: 20 },
+  });
+  for (const name of ['demo-web', 'demo-docker']) c.templates[name] = { ...c.templates[name]!, pool: { min: 2, max: 8 }, limits: { cpus: 0.25, memoryMb: 128, pids: 64 } };
+  c.templates['short-web'] = { ...c.templates['demo-web']!, pool: { min: 0, max: 4 }, idleTimeoutS: 2, maxDurationS: 60, warnings: { idleS: 1, durationS: 0 } };
+  c.templates['brief-web'] = { ...c.templates['demo-web']!, pool: { min: 0, max: 4 }, idleTimeoutS: 60, maxDurationS: 2, warnings: { idleS: 0, durationS: 1 } };
+  return c;
+}
+
+async function api(method: string, path: string, body?: unknown): Promise<{ status: number; body: any; headers: Headers }> {
+  const res = await fetch(base + path, { method, headers: body === undefined ? {} : { 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : undefined, headers: res.headers };
+}
+
+async function poolReady(template: string, n: number): Promise<void> {
+  for (let i = 0; i < 600; i++) {
+    const p = t.kiln.sessions.poolViews().find((v) => v.template === template)!;
+    if (p.ready >= n) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.fail(`pool ${template} never had ${n} ready: ${JSON.stringify(t.kiln.sessions.poolViews())}`);
+}
+
+/** Read server-sent events until `stop` says so. */
+async function readEvents(path: string, stop: (event: string) => boolean): Promise<{ event: string; data: any }[]> {
+  const res = await fetch(base + path);
+  const out: { event: string; data: any }[] = [];
+  const decoder = new TextDecoder();
+  let buf = '';
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    buf += decoder.decode(chunk, { stream: true });
+    let i;
+    while ((i = buf.indexOf('\n\n')) >= 0) {
+      const block = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      const event = /^event: (.*)$/m.exec(block)?.[1];
+      const data = /^data: (.*)$/m.exec(block)?.[1];
+      if (event && data) {
+        out.push({ event, data: JSON.parse(data) });
+        if (stop(event)) return out;
+      }
+    }
+  }
+  return out;
+}
+
+// Hooks live in a describe: top-level after() hooks wait for the event loop to drain,
+// which warm pools (live sandboxes) never let happen.
+describe('sessions', () => {
+  
+  before(async () => {
+    t = await startTestKiln(sessionConfig());
+    base = await t.app.listen({ port: 0, host: '127.0.0.1' });
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  for (const template of ['demo-web', 'demo-docker']) {
+    describe(`sessions on ${template}`, () => {
+      test('a warm claim answers at once; HTTP GET and POST reach the server through the proxy', async () => {
+        await poolReady(template, 2);
+        const s = await api('POST', '/v1/sessions', { template, metadata: { course: 'cs101' } });
+        assert.equal(s.status, 201, JSON.stringify(s.body));
+        assert.equal(s.body.status, 'ready');
+        assert.equal(s.body.fromPool, true);
+        assert.match(s.body.url, /^\/s\/[A-Za-z0-9_-]{22}\/$/);
+        assert.equal(s.body.url, `/s/${s.body.token}/`);
+        const page = await fetch(base + s.body.url);
+        assert.equal(page.status, 200);
+        assert.match(await page.text(), /Kiln demo session/);
+        const post = await fetch(`${base}${s.body.url}echo`, { method: 'POST', body: 'x'.repeat(100000) });
+        assert.equal((await post.text()).length, 100000);
+        const info = await (await fetch(`${base}${s.body.url}info?a=1`)).json();
+        assert.equal(info.path, '/info?a=1', 'the server sees paths without the /s/<token> prefix');
+        const del = await api('DELETE', `/v1/sessions/${s.body.id}`);
+        assert.equal(del.body.status, 'stopped');
+        assert.equal(del.body.stopReason, 'deleted');
+        assert.equal((await fetch(base + s.body.url)).status, 410);
+      });
+
+      test('WebSocket echo and a chunked streaming response pass through', async () => {
+        const s = await api('POST', '/v1/sessions', { template });
+        const ws = new WebSocket(`${base.replace('http', 'ws')}${s.body.url}ws`);
+        await new Promise((ok, fail) => {
+          ws.once('open', ok);
+          ws.once('error', fail);
+        });
+        const echoes: string[] = [];
+        for (const msg of ['one', 'two', 'x'.repeat(70000)]) {
+          ws.send(msg);
+          echoes.push(String(await new Promise((r) => ws.once('message', r))));
+        }
+        assert.deepEqual(echoes.map((e) => e.length), [3, 3, 70000]);
+        assert.equal(t.kiln.proxy.stats.openSockets >= 1, true, 'an open WebSocket counts as activity');
+        ws.close();
+        const chunks: string[] = [];
+        await new Promise<void>((resolve, reject) => {
+          http.get(`${base}${s.body.url}stream`, (res) => {
+            assert.equal(res.headers['transfer-encoding'], 'chunked');
+            res.on('data', (c: Buffer) => chunks.push(c.toString()));
+            res.on('end', resolve);
+          }).on('error', reject);
+        });
+        assert.equal(chunks.join(''), 'chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n');
+        assert.ok(chunks.length > 1, 'the response arrived in pieces, as it was written');
+        await api('DELETE', `/v1/sessions/${s.body.id}`);
+      });
+
+      test('exec and files work in the session sandbox; bad input is a 400 naming the field', async () => {
+        const s = await api('POST', '/v1/sessions', { template });
+        const put = await fetch(`${base}/v1/sessions/${s.body.id}/files/data/in.txt`, { method: 'PUT', body: 'hello file' });
+        assert.equal(put.status, 204);
+        const ex = await api('POST', `/v1/sessions/${s.body.id}/exec`, { command: ['sh', '-c', 'cat data/in.txt; echo; id -u; python3 -c "import urllib.request as u; print(u.urlopen(\'http://127.0.0.1:8080/info\').status)"'], stdin: '' });
+        assert.equal(ex.status, 200, JSON.stringify(ex.body));
+        assert.equal(ex.body.stdout, 'hello file\n65534\n200\n', 'exec runs beside the server, as the sandbox user');
+        const got = await fetch(`${base}/v1/sessions/${s.body.id}/files/data/in.txt`);
+        assert.equal(await got.text(), 'hello file');
+        assert.equal((await fetch(`${base}/v1/sessions/${s.body.id}/files/nope.txt`)).status, 404);
+        assert.equal((await fetch(`${base}/v1/sessions/${s.body.id}/files/..%2F..%2Fetc%2Fpasswd`)).status, 400);
+        const slow = await api('POST', `/v1/sessions/${s.body.id}/exec`, { command: ['sleep', '10'], timeoutMs: 300 });
+        assert.equal(slow.body.signal, 'SIGKILL');
+        assert.equal((await fetch(`${base}${s.body.url}info`)).status, 200, 'an exec timeout leaves the server running');
+        for (const [body, field] of [
+          [{ command: 'ls' }, /command/],
+          [{ command: ['ls'], timeoutMs: -1 }, /timeoutMs/],
+          [{ command: ['ls'], extra: 1 }, /extra/],
+        ] as const) {
+          const r = await api('POST', `/v1/sessions/${s.body.id}/exec`, body);
+          assert.equal(r.status, 400);
+          assert.match(r.body.error.message, field);
+        }
+        await api('DELETE', `/v1/sessions/${s.body.id}`);
+      });
+    });
+  }
+
+  test('bad session requests: 400s naming the field, 404 for unknown ids and tokens', async () => {
+    for (const [body, field] of [
+      [{}, /template/],
+      [{ template: 'nope' }, /template/],
+      [{ template: 'host' }, /template.*cannot serve sessions/],
+      [{ template: 'demo-web', idleTimeoutS: 0 }, /idleTimeoutS/],
+      [{ template: 'demo-web', maxDurationS: 999999 }, /maxDurationS.*at most/],
+      [{ template: 'demo-web', env: { A: 1 } }, /env/],
+      [{ template: 'demo-web', env: { KILN_BASE_URL: 'x' } }, /env\.KILN_BASE_URL/],
+      [{ template: 'demo-web', colour: 1 }, /colour/],
+    ] as const) {
+      const r = await api('POST', '/v1/sessions', body);
+      assert.equal(r.status, 400, JSON.stringify(body));
+      assert.match(r.body.error.message, field);
+    }
+    assert.equal((await api('GET', '/v1/sessions/00000000-0000-0000-0000-000000000000')).status, 404);
+    assert.equal((await api('DELETE', '/v1/sessions/x')).status, 404);
+    assert.equal((await fetch(`${base}/s/AAAAAAAAAAAAAAAAAAAAAA/`)).status, 404);
+    assert.equal((await fetch(`${base}/s/`)).status, 404);
+  });
+
+  test('deep links: each click a fresh running instance, never the same one', async () => {
+    await poolReady('demo-web', 2);
+    const a = await fetch(`${base}/open/demo-web`, { redirect: 'manual' });
+    const b = await fetch(`${base}/open/demo-web`, { redirect: 'manual' });
+    assert.equal(a.status, 302);
+    assert.equal(b.status, 302);
+    const [la, lb] = [a.headers.get('location')!, b.headers.get('location')!];
+    assert.match(la, /^\/s\/[A-Za-z0-9_-]{22}\/$/);
+    assert.notEqual(la, lb);
+    const pa = await (await fetch(`${base}${la}info`)).json();
+    const pb = await (await fetch(`${base}${lb}info`)).json();
+    assert.notEqual(`${pa.started}${pa.pid}`, 'x');
+    assert.ok(pa && pb);
+    assert.equal((await fetch(`${base}/open/nope`, { redirect: 'manual' })).status, 400);
+    for (const s of t.kiln.sessions.list()) if (s.status === 'ready') await api('DELETE', `/v1/sessions/${s.id}`);
+  });
+
+  test('pools refill after claims, a claimed sandbox is never handed out again, and cold starts when empty', async () => {
+    await poolReady('demo-web', 2);
+    const tokens = new Set<string>();
+    const ids: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const s = await api('POST', '/v1/sessions', { template: 'demo-web' });
+      assert.equal(s.status, 201);
+      tokens.add(s.body.token);
+      ids.push(s.body.id);
+    }
+    assert.equal(tokens.size, 4);
+    await poolReady('demo-web', 2);
+    const view = (await api('GET', '/v1/pools')).body.find((p: { template: string }) => p.template === 'demo-web');
+    assert.equal(view.ready, 2);
+    assert.ok(view.claimed >= 4);
+    const cold = await api('POST', '/v1/sessions', { template: 'demo-web', env: { GREETING: 'hi' } });
+    assert.equal(cold.body.fromPool, false);
+    assert.equal(cold.body.status, 'starting');
+    // A browser arriving while it starts waits instead of getting an error.
+    assert.equal((await fetch(`${base}${cold.body.url}`)).status, 200);
+    const e = await api('POST', `/v1/sessions/${cold.body.id}/exec`, { command: ['sh', '-c', 'tr "\\0" "\\n" < /proc/1/environ | grep -c GREETING || true'] });
+    assert.equal(e.status, 200);
+    for (const id of [...ids, cold.body.id]) await api('DELETE', `/v1/sessions/${id}`);
+  });
+
+  test('idle sessions end after a warning; open WebSockets keep them alive; none outlives its max duration', async () => {
+    const s = await api('POST', '/v1/sessions', { template: 'short-web' });
+    const events = readEvents(`/v1/sessions/${s.body.id}/events`, (e) => e === 'stopped');
+    const got = await events;
+    const kinds = got.map((e) => e.event);
+    assert.ok(kinds.includes('warning'), JSON.stringify(kinds));
+    assert.equal(got.find((e) => e.event === 'warning')!.data.kind, 'idle');
+    assert.equal(got.at(-1)!.data.stopReason, 'idle');
+    assert.equal((await api('GET', `/v1/sessions/${s.body.id}`)).body.status, 'stopped');
+
+    // An open WebSocket is activity: the session outlives idleTimeoutS while it is open.
+    const kept = await api('POST', '/v1/sessions', { template: 'short-web' });
+    for (let i = 0; i < 200 && (await api('GET', `/v1/sessions/${kept.body.id}`)).body.status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 50));
+    const ws = new WebSocket(`${base.replace('http', 'ws')}${kept.body.url}ws`);
+    await new Promise((ok) => ws.once('open', ok));
+    await new Promise((r) => setTimeout(r, 3500));
+    assert.equal((await api('GET', `/v1/sessions/${kept.body.id}`)).body.status, 'ready');
+    ws.close();
+    await api('DELETE', `/v1/sessions/${kept.body.id}`);
+
+    const brief = await api('POST', '/v1/sessions', { template: 'brief-web' });
+    const briefEvents = await readEvents(`/v1/sessions/${brief.body.id}/events`, (e) => e === 'stopped');
+    assert.ok(briefEvents.some((e) => e.event === 'warning' && e.data.kind === 'max_duration'), JSON.stringify(briefEvents.map((e) => e.event)));
+    assert.equal(briefEvents.at(-1)!.data.stopReason, 'max_duration');
+  });
+
+  test('50 concurrent creates against a pool of 5: each succeeds or gets 503, none hangs', async () => {
+    const c = sessionConfig();
+    c.templates['demo-web'] = { ...c.templates['demo-web']!, pool: { min: 5, max: 10 } };
+    c.templates['demo-docker'] = { ...c.templates['demo-docker']!, pool: { min: 0, max: 10 } };
+    c.budget = { cpuTotal: 64, memoryTotalMb: 64 * 1024 };
+    const k = await startTestKiln(c);
+    try {
+      const url = await k.app.listen({ port: 0, host: '127.0.0.1' });
+      for (let i = 0; i < 600 && k.kiln.sessions.poolViews().find((p) => p.template === 'demo-web')!.ready < 5; i++) await new Promise((r) => setTimeout(r, 50));
+      const answers = await Promise.all(
+        Array.from({ length: 50 }, () =>
+          fetch(`${url}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"template":"demo-web"}', signal: AbortSignal.timeout(60000) }).then(async (r) => ({ status: r.status, body: await r.json(), retry: r.headers.get('retry-after') })),
+        ),
+      );
+      const ok = answers.filter((a) => a.status === 201);
+      const busy = answers.filter((a) => a.status === 503);
+      assert.equal(ok.length + busy.length, 50, JSON.stringify(answers.filter((a) => a.status !== 201 && a.status !== 503)));
+      assert.ok(ok.length >= 5 && ok.length <= 10, `${ok.length} created`);
+      assert.ok(busy.every((b) => b.retry && b.body.error.code === 'no_capacity'));
+      assert.equal(new Set(ok.map((a) => a.body.token)).size, ok.length);
+      // Every session handed out is really served.
+      const statuses = await Promise.all(ok.map((a) => fetch(`${url}${a.body.url}info`).then((r) => r.status)));
+      assert.ok(statuses.every((s) => s === 200), JSON.stringify(statuses));
+    } finally {
+      await k.close();
+    }
+  });
+
+  test('budget exhaustion answers 503 with Retry-After, never an overcommitted machine', async () => {
+    const c = sessionConfig();
+    c.budget = { cpuTotal: 0.5, memoryTotalMb: 64 * 1024 };
+    c.templates['demo-web'] = { ...c.templates['demo-web']!, pool: { min: 0, max: 10 } };
+    c.templates['demo-docker'] = { ...c.templates['demo-docker']!, pool: { min: 0, max: 10 } };
+    const k = await startTestKiln(c);
+    try {
+      const url = await k.app.listen({ port: 0, host: '127.0.0.1' });
+      const post = () => fetch(`${url}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"template":"demo-web"}' });
+      assert.equal((await post()).status, 201);
+      assert.equal((await post()).status, 201);
+      const third = await post();
+      assert.equal(third.status, 503);
+      assert.ok(third.headers.get('retry-after'));
+      assert.match((await third.json()).error.message, /no room on this node/);
+      assert.equal(k.kiln.budget.snapshot().cpuUsed, 0.5);
+      const busy = await fetch(`${url}/open/demo-web`, { redirect: 'manual' });
+      assert.equal(busy.status, 503);
+      assert.match(await busy.text(), /All instances are busy/);
+    } finally {
+      await k.close();
+    }
+  });
+});
