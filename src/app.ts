@@ -96,6 +96,10 @@ export async function startKiln(config: KilnConfig, opts: KilnOptions = {}): Pro
     proxy: () => proxy.stats,
   });
 
+  // Orphans can appear after start too: an engine may finish a create the crashed server asked for.
+  const orphanSweep = opts.ephemeral ? undefined : setInterval(() => void runtimes.reapOrphans(), config.server.orphanSweepS * 1000);
+  orphanSweep?.unref();
+
   return {
     config,
     instanceId,
@@ -111,6 +115,7 @@ export async function startKiln(config: KilnConfig, opts: KilnOptions = {}): Pro
     recovered: { orphans, interruptedRuns, sessions: recoveredSessions },
     async close() {
       // Graceful: let accepted runs finish (they hold sandboxes), end sessions, then release everything.
+      clearInterval(orphanSweep);
       await sessions.close();
       proxy.close();
       await runs.queue.idle();

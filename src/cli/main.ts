@@ -12,7 +12,8 @@ import type { KilnConfig } from '../config/schema.js';
 import { KilnError, messageOf } from '../errors.js';
 import { startKiln } from '../app.js';
 import { buildApi, VERSION } from '../api/server.js';
-import type { Run } from '../runs/types.js';
+import type { Run, Stage } from '../runs/types.js';
+import type { SessionView } from '../sessions/types.js';
 import { api, followEvents, serverUrl } from './client.js';
 import { printRun } from './output.js';
 
@@ -180,6 +181,83 @@ export function buildCli(): Command {
         last = data as Run;
       });
       if (last) process.exitCode = printRun(last);
+    });
+
+  const session = program.command('session').description(`sessions on a server (KILN_URL, now ${serverUrl()})`);
+  session
+    .command('create <template>')
+    .description('start a session and print its id and URL')
+    .option('--env <KEY=VALUE...>', 'environment for the server (starts it cold)')
+    .option('--idle <seconds>', 'idle timeout (at most the template\'s)')
+    .option('--max <seconds>', 'max duration (at most the template\'s)')
+    .option('--json', 'print the session as JSON')
+    .action(async (template: string, o: { env?: string[]; idle?: string; max?: string; json?: boolean }) => {
+      const body: Record<string, unknown> = { template };
+      if (o.env) body.env = Object.fromEntries(o.env.map((kv) => {
+        const i = kv.indexOf('=');
+        if (i < 1) throw new KilnError('invalid_flag', `--env: ${JSON.stringify(kv)} is not KEY=VALUE`);
+        return [kv.slice(0, i), kv.slice(i + 1)];
+      }));
+      for (const [flag, key] of [['idle', 'idleTimeoutS'], ['max', 'maxDurationS']] as const) {
+        if (o[flag] === undefined) continue;
+        const n = Number(o[flag]);
+        if (!Number.isInteger(n) || n < 1) throw new KilnError('invalid_flag', `--${flag}: ${JSON.stringify(o[flag])} is not a whole number of seconds`);
+        body[key] = n;
+      }
+      const s = await api<SessionView>('POST', '/v1/sessions', body);
+      process.stdout.write(o.json ? `${JSON.stringify(s, null, 2)}\n` : `${s.id} ${s.status} ${serverUrl()}${s.url}\n`);
+    });
+  session
+    .command('ls')
+    .description('list sessions')
+    .action(async () => {
+      for (const s of await api<SessionView[]>('GET', '/v1/sessions')) {
+        process.stdout.write(`${s.id}  ${s.template.padEnd(12)} ${s.status.padEnd(8)} ${(s.stopReason ?? '').padEnd(12)} ${s.createdAt}\n`);
+      }
+    });
+  session
+    .command('exec <id> <command...>')
+    .description('run a command in a session (put -- before a command with flags)')
+    .option('--stdin <text>', 'standard input')
+    .option('--timeout <ms>', 'deadline in ms')
+    .action(async (id: string, command: string[], o: { stdin?: string; timeout?: string }) => {
+      const body: Record<string, unknown> = { command };
+      if (o.stdin !== undefined) body.stdin = o.stdin;
+      if (o.timeout !== undefined) body.timeoutMs = Number(o.timeout);
+      const r = await api<Stage>('POST', `/v1/sessions/${encodeURIComponent(id)}/exec`, body);
+      process.stdout.write(r.stdout);
+      process.stderr.write(r.stderr);
+      const signals = (await import('node:os')).constants.signals as Record<string, number>;
+      process.exitCode = r.exitCode ?? (r.signal ? 128 + (signals[r.signal] ?? 0) : 1);
+    });
+  session
+    .command('rm <id>')
+    .description('stop a session')
+    .action(async (id: string) => {
+      const s = await api<SessionView>('DELETE', `/v1/sessions/${encodeURIComponent(id)}`);
+      process.stdout.write(`${s.id} ${s.status} (${s.stopReason})\n`);
+    });
+  session
+    .command('open <template>')
+    .description('claim a fresh instance through the deep link and print its URL')
+    .action(async (template: string) => {
+      const headers: Record<string, string> = {};
+      if (process.env.KILN_TOKEN) headers.authorization = `Bearer ${process.env.KILN_TOKEN}`;
+      const res = await fetch(`${serverUrl()}/open/${encodeURIComponent(template)}`, { redirect: 'manual', headers }).catch((e: Error) => {
+        throw new KilnError('unreachable', `cannot reach the kiln server at ${serverUrl()} (set KILN_URL): ${e.message}`, 0);
+      });
+      const location = res.headers.get('location');
+      if (res.status !== 302 || !location) {
+        const text = await res.text();
+        let message = `HTTP ${res.status}`;
+        try {
+          message = (JSON.parse(text) as { error: { message: string } }).error.message;
+        } catch {
+          if (res.status === 503) message = `all instances of ${template} are busy; retry in ${res.headers.get('retry-after') ?? 'a few'} seconds`;
+        }
+        throw new KilnError('open_failed', message, res.status);
+      }
+      process.stdout.write(`${serverUrl()}${location}\n`);
     });
 
   return program;

@@ -5,7 +5,7 @@
 import type { KilnConfig } from './schema.js';
 
 export const DEFAULT_CONFIG: KilnConfig = {
-  server: { host: '127.0.0.1', port: 7070, dataDir: './.kiln', bodyLimitBytes: 10 * 1024 * 1024, logLevel: 'info' },
+  server: { host: '127.0.0.1', port: 7070, dataDir: './.kiln', bodyLimitBytes: 10 * 1024 * 1024, orphanSweepS: 30, logLevel: 'info' },
   budget: { cpuTotal: null, memoryTotalMb: null },
   runs: {
     concurrency: null,

@@ -105,6 +105,11 @@ export const ConfigSchema = Type.Object(
         dataDir: Type.String({ minLength: 1 }),
         /** Largest request body, bytes. Default 10 MiB. */
         bodyLimitBytes: Type.Integer({ minimum: 1024 }),
+        /**
+         * Seconds between sweeps for sandboxes of this instance that nothing owns
+         * (a create the engine finished after a crash). Default 30.
+         */
+        orphanSweepS: Type.Number({ exclusiveMinimum: 0 }),
         /** pino log level. Default info. */
         logLevel: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l))),
       },

@@ -2,7 +2,7 @@
  * Port bridges: how kiln reaches a server listening inside a sandbox that has
  * no network. A socat enters only the sandbox's network namespace and serves a
  * unix socket in a host dir no sandbox can see (so no sandbox can swap it for a
- * link); every connection to the socket becomes a TCP connection to the port
+ * link); it dies with kiln (pdeathsig). Every connection to the socket becomes a TCP connection to the port
  * on the sandbox's own loopback. Nothing listens on a host TCP port.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -37,7 +37,7 @@ export class PortBridges {
     const path = join(this.dir, `${port}.sock`);
     const child = spawn(
       'nsenter',
-      [`--target=${nsPid}`, '--net', '--', 'setpriv', `--reuid=${this.uid}`, `--regid=${this.gid}`, '--clear-groups', '--no-new-privs', '--',
+      [`--target=${nsPid}`, '--net', '--', 'setpriv', '--pdeathsig=KILL', `--reuid=${this.uid}`, `--regid=${this.gid}`, '--clear-groups', '--no-new-privs', '--',
         'socat', `UNIX-LISTEN:${path},fork,mode=600,unlink-early,backlog=512`, `TCP:127.0.0.1:${port},nodelay`],
       { stdio: ['ignore', 'ignore', 'pipe'], env: LAUNCHER_ENV },
     );

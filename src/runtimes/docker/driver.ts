@@ -48,6 +48,8 @@ const BASE_ENV = ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'TMPDIR=/tmp
 export class DockerRuntime implements Runtime {
   readonly name: string;
   private readonly docker: Docker;
+  /** Sandboxes this driver made (or is making): everything else with our label is an orphan. */
+  private readonly live = new Set<string>();
 
   constructor(private readonly opts: DockerRuntimeOptions) {
     this.name = opts.name ?? 'docker';
@@ -73,6 +75,16 @@ export class DockerRuntime implements Runtime {
     const image = (spec.options as Partial<DockerTemplate> | undefined)?.image;
     if (typeof image !== 'string' || image === '') throw new KilnError('invalid_template', `template ${spec.template}: runtime docker needs an image`, 500);
     const id = `kd-${randomBytes(8).toString('hex')}`;
+    this.live.add(id);
+    try {
+      return await this.createContainer(id, image, spec);
+    } catch (e) {
+      this.live.delete(id);
+      throw e;
+    }
+  }
+
+  private async createContainer(id: string, image: string, spec: SandboxSpec): Promise<Sandbox> {
     const memory = spec.limits.memoryMb * 1024 * 1024;
     let container: Docker.Container;
     try {
@@ -113,7 +125,7 @@ export class DockerRuntime implements Runtime {
       await container.start();
       const info = await container.inspect();
       if (!info.State.Running) throw new Error(`the container exited at once (status ${info.State.ExitCode})`);
-      return new DockerSandbox(id, container, this.docker, info.Id, info.State.Pid, spec, this.opts.bridgeUid ?? 65534);
+      return new DockerSandbox(id, container, this.docker, info.Id, info.State.Pid, spec, this.opts.bridgeUid ?? 65534, () => this.live.delete(id));
     } catch (e) {
       await container.remove({ force: true }).catch(() => undefined);
       throw new KilnError('sandbox_failed', `docker: cannot start a sandbox: ${(e as Error).message}`, 500);
@@ -133,7 +145,7 @@ export class DockerRuntime implements Runtime {
   }
 
   async reapOrphans(): Promise<number> {
-    const own = await this.ownContainers();
+    const own = (await this.ownContainers()).filter((c) => !this.live.has(c.Labels['kiln.sandbox'] ?? ''));
     await Promise.all(own.map((c) => this.docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined)));
     return own.length;
   }
@@ -161,6 +173,7 @@ class DockerSandbox implements Sandbox {
     private readonly nsPid: number,
     private readonly spec: SandboxSpec,
     bridgeUid: number,
+    private readonly onDestroy: () => void,
   ) {
     this.cgroup = new ContainerCgroup(fullId);
     this.current = { memoryMb: spec.limits.memoryMb, pids: spec.limits.pids };
@@ -327,6 +340,7 @@ class DockerSandbox implements Sandbox {
     await this.container.remove({ force: true }).catch((e: { statusCode?: number }) => {
       if (e.statusCode !== 404) throw e;
     });
+    this.onDestroy();
   }
 }
 

@@ -61,6 +61,8 @@ export class ProcessRuntime implements Runtime {
   private readonly sandboxesDir: string;
   private readonly cgroupBase: string;
   private readonly live = new Set<ProcessSandbox>();
+  /** Ids being created: not yet live, but no orphan either (the sweep runs while we create). */
+  private readonly creating = new Set<string>();
   private rootReady: Promise<void> | undefined;
 
   constructor(private readonly opts: ProcessRuntimeOptions) {
@@ -103,6 +105,15 @@ export class ProcessRuntime implements Runtime {
       throw new KilnError('invalid_template', `template ${spec.template}: rootfs ${options.rootfs} does not exist`, 500);
     }
     const id = `kp-${randomBytes(8).toString('hex')}`;
+    this.creating.add(id);
+    try {
+      return await this.createSandbox(id, spec);
+    } finally {
+      this.creating.delete(id);
+    }
+  }
+
+  private async createSandbox(id: string, spec: SandboxSpec): Promise<Sandbox> {
     const dir = join(this.sandboxesDir, id);
     const work = join(dir, 'work');
     await (this.rootReady ??= this.prepareRoot());
@@ -160,7 +171,7 @@ export class ProcessRuntime implements Runtime {
   }
 
   async reapOrphans(): Promise<number> {
-    const liveIds = new Set([...this.live].map((s) => s.id));
+    const liveIds = new Set([...this.live].map((s) => s.id).concat([...this.creating]));
     const orphans = (await this.listOwn()).filter((id) => !liveIds.has(id));
     for (const id of orphans) {
       if (this.mode) await Cgroup.attach(this.mode, `${this.cgroupBase}/${id}`).remove();

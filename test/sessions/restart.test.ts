@@ -1,0 +1,90 @@
+/** SIGKILL the server, start it again: nothing is left running that kiln does not know about, and listings tell the truth. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Docker from 'dockerode';
+
+const CLI = ['--import', import.meta.resolve('tsx'), join(import.meta.dirname, '..', '..', 'src', 'cli', 'dev.ts')];
+
+async function startServer(dir: string, port: number): Promise<{ child: ChildProcess; url: string }> {
+  const child = spawn(process.execPath, [...CLI, 'serve', '--config', join(dir, 'kiln.yaml'), '--port', String(port), '--data-dir', join(dir, 'data')], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (c) => (err += c));
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 300; i++) {
+    if (await fetch(`${url}/healthz`).then((r) => r.ok, () => false)) return { child, url };
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  child.kill('SIGKILL');
+  throw new Error(`server did not start: ${err}`);
+}
+
+async function poolsReady(url: string, want: Record<string, number>): Promise<void> {
+  for (let i = 0; i < 600; i++) {
+    const pools = (await (await fetch(`${url}/v1/pools`)).json()) as { template: string; ready: number }[];
+    if (Object.entries(want).every(([t, n]) => (pools.find((p) => p.template === t)?.ready ?? 0) >= n)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.fail('pools never filled');
+}
+
+test('SIGKILL then restart: orphans are reaped on both runtimes and sessions read stopped', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kiln-restart-'));
+  writeFileSync(
+    join(dir, 'kiln.yaml'),
+    [
+      'budget: { cpuTotal: 16 }',
+      'server: { logLevel: warn, orphanSweepS: 0.5 }',
+      'templates:',
+      '  demo-web: { pool: { min: 2, max: 4 }, limits: { cpus: 0.25, memoryMb: 128 } }',
+      '  demo-docker: { pool: { min: 1, max: 4 }, limits: { cpus: 0.25, memoryMb: 128 } }',
+    ].join('\n'),
+  );
+  const port = 18000 + Math.floor(Math.random() * 1000);
+  const docker = new Docker();
+  let server = await startServer(dir, port);
+  try {
+    await poolsReady(server.url, { 'demo-web': 2, 'demo-docker': 1 });
+    const created = (await (await fetch(`${server.url}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"template":"demo-web"}' })).json()) as { id: string; url: string };
+    assert.equal((await fetch(`${server.url}${created.url}info`)).status, 200);
+    const instanceId = readFileSync(join(dir, 'data', 'instance-id'), 'utf8').trim();
+    const containers = () => docker.listContainers({ all: true, filters: { label: [`kiln.instance=${instanceId}`] } });
+    assert.ok((await containers()).length >= 1);
+
+    server.child.kill('SIGKILL');
+    await new Promise((r) => server.child.once('close', r));
+    // Docker containers outlive the server: they are the orphans a restart must find.
+    assert.ok((await containers()).length >= 1, 'containers survived the crash');
+
+    server = await startServer(dir, port);
+    await poolsReady(server.url, { 'demo-web': 2, 'demo-docker': 1 });
+    // What the engine finishes for the dead server is swept within orphanSweepS.
+    await new Promise((r) => setTimeout(r, 1500));
+    const after = await containers();
+    const pools = (await (await fetch(`${server.url}/v1/pools`)).json()) as { template: string; ready: number; starting: number; claimed: number }[];
+    const dockerPool = pools.find((p) => p.template === 'demo-docker')!;
+    assert.ok(after.length <= dockerPool.ready + dockerPool.starting, `only the new pool's containers exist: ${JSON.stringify(after.map((c) => [c.Names, c.State]))} ${JSON.stringify(dockerPool)}`);
+    const session = (await (await fetch(`${server.url}/v1/sessions/${created.id}`)).json()) as { status: string; stopReason: string };
+    assert.equal(session.status, 'stopped');
+    assert.equal(session.stopReason, 'shutdown');
+    assert.equal((await fetch(`${server.url}${created.url}info`)).status, 404, 'the old URL leads nowhere');
+    // No process of the old server's sandboxes or bridges survives.
+    const ps = spawn('ps', ['-eo', 'args']);
+    let out = '';
+    ps.stdout.on('data', (c) => (out += c));
+    await new Promise((r) => ps.once('close', r));
+    const listed = (await (await fetch(`${server.url}/v1/sessions`)).json()) as unknown[];
+    assert.equal(listed.length, 0, 'the listing holds no live session of the dead server');
+    // Every bridge still running belongs to a sandbox the new server knows (its dir exists).
+    const { existsSync } = await import('node:fs');
+    const bridged = [...out.matchAll(/UNIX-LISTEN:(\/run\/kiln\/[0-9a-f]+\/kp-[0-9a-f]+)\//g)].map((m) => m[1]!).filter((d) => d.includes(instanceId));
+    assert.deepEqual(bridged.filter((d) => !existsSync(d)), [], 'bridges of dead sandboxes');
+  } finally {
+    server.child.kill('SIGTERM');
+    await new Promise((r) => server.child.once('close', r));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
