@@ -107,13 +107,13 @@ export class ProcessRuntime implements Runtime {
     const id = `kp-${randomBytes(8).toString('hex')}`;
     this.creating.add(id);
     try {
-      return await this.createSandbox(id, spec);
+      return await this.createSandbox(id, spec, this.mode);
     } finally {
       this.creating.delete(id);
     }
   }
 
-  private async createSandbox(id: string, spec: SandboxSpec): Promise<Sandbox> {
+  private async createSandbox(id: string, spec: SandboxSpec, mode: CgroupMode): Promise<Sandbox> {
     const dir = join(this.sandboxesDir, id);
     const work = join(dir, 'work');
     await (this.rootReady ??= this.prepareRoot());
@@ -124,12 +124,12 @@ export class ProcessRuntime implements Runtime {
       await mkdir(dir, { mode: 0o711 });
       await mkdir(work, { mode: 0o700 });
       await chown(work, this.opts.uid, this.opts.gid).catch(() => undefined);
-      cgroup = await Cgroup.create(this.mode, `${this.cgroupBase}/${id}`, spec.limits);
+      cgroup = await Cgroup.create(mode, `${this.cgroupBase}/${id}`, spec.limits);
     } catch (e) {
       await rm(dir, { recursive: true, force: true });
       throw new KilnError('sandbox_failed', `process runtime: cannot create sandbox: ${(e as Error).message}`, 500, { cause: e });
     }
-    const sb = new ProcessSandbox(id, dir, work, cgroup, spec, this.opts, this.mode, () => this.live.delete(sb));
+    const sb = new ProcessSandbox(id, dir, work, cgroup, spec, this.opts, mode, () => this.live.delete(sb));
     this.live.add(sb);
     if (spec.main) {
       try {
