@@ -72,8 +72,8 @@ test('kiln serve answers over HTTP and kiln runs create talks to it', async () =
       await new Promise((r) => setTimeout(r, 100));
     }
     const res = await fetch(`${url}/v1/runs`, { method: 'POST', body: '{"language":"python","files":[{"name":"main.py","content":"print(42)"}]}' });
-    const run = await res.json();
-    assert.equal(run.run.stdout, '42\n', log);
+    const posted = await res.json();
+    assert.equal(posted.run.stdout, '42\n', log);
     writeFileSync(join(dir, 'r.py'), 'print("remote")\n');
     const remote = await new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
       const c = spawn(process.execPath, [...CLI, 'runs', 'create', 'r.py', '-l', 'python'], { cwd: dir, env: { ...process.env, KILN_URL: url } });
@@ -85,6 +85,33 @@ test('kiln serve answers over HTTP and kiln runs create talks to it', async () =
     });
     assert.equal(remote.out, 'remote\n', remote.err);
     assert.equal(remote.code, 0);
+    // Sessions from the CLI.
+    const cli = (args: string[]) =>
+      new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+        const c = spawn(process.execPath, [...CLI, ...args], { cwd: dir, env: { ...process.env, KILN_URL: url } });
+        let out = '';
+        let err = '';
+        c.stdout.on('data', (x) => (out += x));
+        c.stderr.on('data', (x) => (err += x));
+        c.on('close', (code) => resolve({ code, out, err }));
+      });
+    const created = await cli(['session', 'create', 'demo-web', '--env', 'GREETING=hi']);
+    assert.equal(created.code, 0, created.err);
+    const [id, , link] = created.out.trim().split(' ');
+    assert.match(link!, new RegExp(`^${url}/s/[A-Za-z0-9_-]{22}/$`));
+    assert.equal((await fetch(link!)).status, 200, 'the printed URL serves the app (waiting for a cold start)');
+    const ls = await cli(['session', 'ls']);
+    assert.match(ls.out, new RegExp(`${id}\\s+demo-web\\s+ready`));
+    const ex = await cli(['session', 'exec', id!, '--', 'sh', '-c', 'echo from-session; exit 4']);
+    assert.equal(ex.out, 'from-session\n');
+    assert.equal(ex.code, 4);
+    const opened = await cli(['session', 'open', 'demo-web']);
+    assert.match(opened.out, new RegExp(`^${url}/s/[A-Za-z0-9_-]{22}/\n$`));
+    const rm = await cli(['session', 'rm', id!]);
+    assert.match(rm.out, /stopped \(deleted\)/);
+    const bad = await cli(['session', 'create', 'nope']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.err, /^kiln: template: unknown template "nope"/);
     const unreachable = kiln(['runs', 'get', 'x'], { KILN_URL: 'http://127.0.0.1:1' });
     assert.match(unreachable.stderr, /^kiln: cannot reach the kiln server at http:\/\/127\.0\.0\.1:1/);
   } finally {

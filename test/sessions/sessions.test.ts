@@ -213,6 +213,13 @@ describe('sessions', () => {
     const e = await api('POST', `/v1/sessions/${cold.body.id}/exec`, { command: ['sh', '-c', 'tr "\\0" "\\n" < /proc/1/environ | grep -c GREETING || true'] });
     assert.equal(e.status, 200);
     for (const id of [...ids, cold.body.id]) await api('DELETE', `/v1/sessions/${id}`);
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    assert.match(metrics, /kiln_sessions\{status="stopped"\} \d+/);
+    assert.match(metrics, /kiln_pool_sandboxes\{template="demo-web",state="ready"\} \d+/);
+    assert.match(metrics, /kiln_session_claim_seconds_count\{template="demo-web",from_pool="true"\} [1-9]/);
+    assert.match(metrics, /kiln_session_claim_seconds_count\{template="demo-web",from_pool="false"\} [1-9]/);
+    assert.match(metrics, /kiln_proxy_requests_total [1-9]/);
+    assert.match(metrics, /kiln_budget_cpu_used [\d.]+/);
   });
 
   test('idle sessions end after a warning; open WebSockets keep them alive; none outlives its max duration', async () => {
