@@ -36,6 +36,19 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith('/ws') and self.headers.get('Upgrade', '').lower() == 'websocket':
             return self.websocket()
+        if self.path.startswith('/stream'):
+            # A chunked response written over time: proxies must pass it on as it comes.
+            self.send_response(200)
+            self.send_header('Content-Type', 'text/plain')
+            self.send_header('Transfer-Encoding', 'chunked')
+            self.end_headers()
+            for i in range(5):
+                part = ('chunk %d\n' % i).encode()
+                self.wfile.write(b'%x\r\n%s\r\n' % (len(part), part))
+                self.wfile.flush()
+                time.sleep(0.05)
+            self.wfile.write(b'0\r\n\r\n')
+            return
         if self.path.startswith('/info'):
             return self.send_body(200, json.dumps({'pid': os.getpid(), 'started': STARTED, 'path': self.path}), 'application/json')
         self.send_body(200, PAGE % (STARTED, os.getpid()), 'text/html; charset=utf-8')
