@@ -4,20 +4,22 @@
  * targets are reported, never fatal: the exit code is non-zero only on a crash.
  */
 import { benchRuns, type RunsBenchOptions } from './runs.js';
+import { benchSessions } from './sessions.js';
 
-const USAGE = 'usage: npm run bench -- [--quick] [--only process|docker]';
+const USAGE = 'usage: npm run bench -- [--quick] [--only process|docker|sessions]';
 
 class UsageError extends Error {}
 
-function parseArgs(argv: string[]): RunsBenchOptions {
-  const opts: RunsBenchOptions = { quick: false };
+function parseArgs(argv: string[]): RunsBenchOptions & { sessionsOnly?: boolean } {
+  const opts: RunsBenchOptions & { sessionsOnly?: boolean } = { quick: false };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === '--quick') opts.quick = true;
     else if (arg === '--only' || arg.startsWith('--only=')) {
       const value = arg === '--only' ? argv[++i] : arg.slice('--only='.length);
-      if (value !== 'process' && value !== 'docker') throw new UsageError(`--only: expected process or docker, got ${JSON.stringify(value)}\n${USAGE}`);
-      opts.only = value;
+      if (value === 'sessions') opts.sessionsOnly = true;
+      else if (value === 'process' || value === 'docker') opts.only = value;
+      else throw new UsageError(`--only: expected process, docker or sessions, got ${JSON.stringify(value)}\n${USAGE}`);
     } else if (arg === '--help' || arg === '-h') {
       console.log(USAGE);
       process.exit(0);
@@ -27,7 +29,10 @@ function parseArgs(argv: string[]): RunsBenchOptions {
 }
 
 try {
-  await benchRuns(parseArgs(process.argv.slice(2)));
+  const opts = parseArgs(process.argv.slice(2));
+  if (!opts.sessionsOnly) await benchRuns(opts);
+  // Sessions run on the process runtime: part of a full run and of --only sessions.
+  if (opts.sessionsOnly || opts.only === undefined) await benchSessions(opts);
 } catch (e) {
   if (e instanceof UsageError) {
     console.error(`bench: ${e.message}`);

@@ -13,6 +13,8 @@ import type { Runtimes } from '../runtimes/index.js';
 import type { Budget, Reservation } from './budget.js';
 import { startWarm, type WarmSandbox } from './warm.js';
 
+const REFILL_DELAY_MS = 250;
+
 export interface PoolView {
   template: string;
   target: number;
@@ -51,7 +53,8 @@ export class Pool {
     const w = this.ready.shift();
     if (w) {
       this.claimed++;
-      this.refill();
+      // Starting a sandbox takes a core for ~100 ms: let the claimer's first requests go first.
+      setTimeout(() => this.refill(), REFILL_DELAY_MS).unref();
     }
     return w;
   }

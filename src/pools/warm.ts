@@ -10,6 +10,7 @@ import { KilnError } from '../errors.js';
 import type { Runtimes } from '../runtimes/index.js';
 import type { Sandbox } from '../runtimes/types.js';
 import type { Reservation } from './budget.js';
+import { backendAgent } from '../proxy/agents.js';
 
 export interface WarmSandbox {
   sandbox: Sandbox;
@@ -74,12 +75,18 @@ async function waitReady(sandbox: Sandbox, socketPath: string, t: TemplateConfig
 /** Ready when the server answers the path with any status below 500. */
 function httpProbe(socketPath: string, path: string): Promise<boolean> {
   return new Promise((resolve) => {
-    const req = http.get({ socketPath, path, timeout: 1000, headers: { host: 'localhost' } }, (res) => {
+    // Through the proxy's keep-alive agent: the connection that proved readiness serves the first request.
+    // (No socket timeout option: it would stay on the pooled socket and close it when idle.)
+    const req = http.get({ socketPath, path, agent: backendAgent(socketPath), headers: { host: 'localhost' } }, (res) => {
+      clearTimeout(timer);
       res.resume();
       resolve((res.statusCode ?? 500) < 500);
     });
-    req.on('error', () => resolve(false));
-    req.on('timeout', () => req.destroy());
+    const timer = setTimeout(() => req.destroy(), 1000);
+    req.on('error', () => {
+      clearTimeout(timer);
+      resolve(false);
+    });
   });
 }
 

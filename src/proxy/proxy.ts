@@ -10,6 +10,7 @@ import type { Duplex } from 'node:stream';
 import type { SessionService, LiveSession } from '../sessions/service.js';
 import type { KilnConfig } from '../config/schema.js';
 import { pageHtml } from './pages.js';
+import { backendAgent, dropAllBackendAgents } from './agents.js';
 
 export const PREFIX = '/s/';
 
@@ -22,8 +23,6 @@ export interface ProxyStats {
 }
 
 export class SessionProxy {
-  /** One keep-alive agent per socket path: connections to a backend are reused. */
-  private readonly agents = new Map<string, http.Agent>();
   readonly stats: ProxyStats = { requests: 0, openSockets: 0 };
 
   constructor(
@@ -83,21 +82,6 @@ export class SessionProxy {
     return out;
   }
 
-  private agentFor(socketPath: string): http.Agent {
-    let a = this.agents.get(socketPath);
-    if (!a) {
-      a = new http.Agent({ keepAlive: true, maxSockets: 256 });
-      this.agents.set(socketPath, a);
-    }
-    return a;
-  }
-
-  /** Forget connections to a sandbox that is gone. */
-  dropAgent(socketPath: string): void {
-    this.agents.get(socketPath)?.destroy();
-    this.agents.delete(socketPath);
-  }
-
   async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const session = await this.session(req, res);
     if (!session) return;
@@ -117,7 +101,7 @@ export class SessionProxy {
     res.on('close', finish);
     const upstream = http.request({
       socketPath: warm.socketPath,
-      agent: this.agentFor(warm.socketPath),
+      agent: backendAgent(warm.socketPath),
       method: req.method,
       path: this.backendPath(session, req.url!),
       headers: this.forwardedHeaders(req),
@@ -176,8 +160,7 @@ export class SessionProxy {
   }
 
   close(): void {
-    for (const a of this.agents.values()) a.destroy();
-    this.agents.clear();
+    dropAllBackendAgents();
   }
 }
 

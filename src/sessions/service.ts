@@ -10,6 +10,7 @@ import type { KilnEventBus } from '../events.js';
 import type { Budget, Reservation } from '../pools/budget.js';
 import { Pool, type PoolView } from '../pools/pool.js';
 import { newToken, startWarm, type WarmSandbox } from '../pools/warm.js';
+import { dropBackendAgent } from '../proxy/agents.js';
 import type { Runtimes } from '../runtimes/index.js';
 import type { ExecResult } from '../runtimes/types.js';
 import type { Db } from '../store/db.js';
@@ -171,9 +172,13 @@ export class SessionService {
     if (warm) {
       session = make(warm.token, true);
       session.warm = warm;
+      // Born ready: one store write on the hot path instead of insert + update.
+      session.status = SESSION_STATUS.ready;
+      session.readyAt = Date.now();
+      session.settle();
       await this.insert(session, warm.sandbox.runtime, warm.sandbox.id);
       this.register(session);
-      await this.transition(session, 'ready');
+      this.deps.events.safeEmit('session:status', session.view());
       this.deps.events.safeEmit('session:claimed', { template: req.template, fromPool: true, ms: performance.now() - started });
       this.watchMain(session);
     } else {
@@ -246,7 +251,7 @@ export class SessionService {
         idle_timeout_s: session.idleTimeoutS,
         max_duration_s: session.maxDurationS,
         created_at: v.createdAt,
-        ready_at: null,
+        ready_at: v.readyAt ?? null,
         expires_at: v.expiresAt,
         last_activity_at: v.lastActivityAt,
         stopped_at: null,
@@ -285,6 +290,7 @@ export class SessionService {
     const warm = session.warm;
     if (!warm) return;
     session.warm = undefined;
+    dropBackendAgent(warm.socketPath);
     await warm.sandbox.destroy().catch((e: unknown) => this.deps.log?.warn({ err: messageOf(e), session: session.id }, 'sandbox destroy failed'));
     this.deps.budget.release(warm.reservation);
     this.pools.get(session.template)?.release();
