@@ -70,15 +70,19 @@ export class SessionProxy {
     return keep ? url : url.slice(PREFIX.length + session.token.length);
   }
 
-  private forwardedHeaders(req: IncomingMessage): Record<string, string | string[]> {
+  private forwardedHeaders(req: IncomingMessage, token: string): Record<string, string | string[]> {
     const out: Record<string, string | string[]> = {};
-    for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !HOP.has(k)) out[k] = v;
-    const prior = req.headers['x-forwarded-for'];
+    const h = req.headers;
+    for (const k in h) {
+      const v = h[k];
+      if (v !== undefined && !HOP.has(k)) out[k] = v;
+    }
+    const prior = h['x-forwarded-for'];
     const client = req.socket.remoteAddress ?? '';
     out['x-forwarded-for'] = prior ? `${prior}, ${client}` : client;
     out['x-forwarded-proto'] = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
-    if (req.headers.host) out['x-forwarded-host'] = req.headers.host;
-    out['x-forwarded-prefix'] = this.route(req.url ?? '') ? `${PREFIX}${this.route(req.url!)!.token}` : '';
+    if (h.host) out['x-forwarded-host'] = h.host;
+    out['x-forwarded-prefix'] = `${PREFIX}${token}`;
     return out;
   }
 
@@ -104,11 +108,13 @@ export class SessionProxy {
       agent: backendAgent(warm.socketPath),
       method: req.method,
       path: this.backendPath(session, req.url!),
-      headers: this.forwardedHeaders(req),
+      headers: this.forwardedHeaders(req, session.token),
     });
     upstream.on('response', (up) => {
-      const headers: Record<string, string | string[]> = {};
-      for (const [k, v] of Object.entries(up.headers)) if (v !== undefined && !HOP.has(k)) headers[k] = v;
+      // The backend's headers as they came (a flat name/value list), less hop-by-hop ones.
+      const raw = up.rawHeaders;
+      const headers: string[] = [];
+      for (let i = 0; i < raw.length; i += 2) if (!HOP.has(raw[i]!.toLowerCase())) headers.push(raw[i]!, raw[i + 1]!);
       res.writeHead(up.statusCode ?? 502, up.statusMessage, headers);
       up.pipe(res);
     });
@@ -117,7 +123,9 @@ export class SessionProxy {
       else res.destroy();
     });
     req.on('aborted', () => upstream.destroy());
-    req.pipe(upstream);
+    // A request without a body (most GETs) needs no stream plumbing.
+    if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined) upstream.end();
+    else req.pipe(upstream);
   }
 
   /** WebSocket (or any) upgrade: replay the request head to the backend, then splice the sockets. */
@@ -146,7 +154,7 @@ export class SessionProxy {
     backend.on('close', close);
     client.on('close', close);
     backend.on('connect', () => {
-      const headers = this.forwardedHeaders(req);
+      const headers = this.forwardedHeaders(req, session.token);
       // Upgrade requests keep their Connection/Upgrade headers: they are the point.
       headers.connection = req.headers.connection ?? 'Upgrade';
       if (req.headers.upgrade) headers.upgrade = req.headers.upgrade;
