@@ -1,69 +1,76 @@
-/** Server-sent events: one `data:` JSON line per run status change, closed after `done`. */
+/** Server-sent events for runs and sessions: one `event:` + `data:` JSON block per change, closed at the end. */
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Kiln } from '../app.js';
 import type { Run } from '../runs/types.js';
 import type { SessionView } from '../sessions/types.js';
 
-export function streamRunEvents(kiln: Kiln, id: string, req: FastifyRequest, reply: FastifyReply): void {
+interface EventStream {
+  write(event: string, data: unknown): void;
+  /** End the stream (idempotent); `subscriptions` are released. */
+  finish(): void;
+  readonly closed: boolean;
+}
+
+/** Take over the response, keep it alive with comments, and clean up when either side ends. */
+function openStream(req: FastifyRequest, reply: FastifyReply, subscribe: (stream: EventStream) => (() => void)[]): EventStream {
   reply.hijack();
   const res = reply.raw;
   res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive', 'X-Accel-Buffering': 'no' });
+  let offs: (() => void)[] = [];
+  const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), 15000);
+  const stream = {
+    closed: false,
+    write(event: string, data: unknown) {
+      if (!stream.closed) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+    },
+    finish() {
+      if (stream.closed) return;
+      stream.closed = true;
+      clearInterval(heartbeat);
+      for (const off of offs) off();
+      res.end();
+    },
+  };
+  offs = subscribe(stream);
+  req.raw.on('close', stream.finish);
+  return stream;
+}
+
+/** Run events: `queued → running → done`, then the stream ends. */
+export function streamRunEvents(kiln: Kiln, id: string, req: FastifyRequest, reply: FastifyReply): void {
   const order: Run['status'][] = ['queued', 'running', 'done'];
   let sent = -1;
-  let closed = false;
-  const write = (run: Run) => res.write(`event: ${run.status}\ndata: ${JSON.stringify(run)}\n\n`);
-  const send = (run: Run) => {
-    if (closed || run.id !== id) return;
+  const send = (stream: EventStream) => (run: Run) => {
+    if (stream.closed || run.id !== id) return;
     const at = order.indexOf(run.status);
     // Statuses only move forward. One missed before the client came (a 202 then a late
     // connect) is replayed from the stored run, so every stream reads queued → running → done.
-    for (let i = sent + 1; i < at; i++) write({ id: run.id, language: run.language, template: run.template, status: order[i]!, createdAt: run.createdAt, ...(i >= 1 && run.startedAt ? { startedAt: run.startedAt } : {}) });
+    for (let i = sent + 1; i < at; i++) {
+      stream.write(order[i]!, { id: run.id, language: run.language, template: run.template, status: order[i]!, createdAt: run.createdAt, ...(i >= 1 && run.startedAt ? { startedAt: run.startedAt } : {}) });
+    }
     if (at <= sent) return;
-    write(run);
+    stream.write(run.status, run);
     sent = at;
-    if (run.status === 'done') finish();
+    if (run.status === 'done') stream.finish();
   };
-  const offs = [kiln.events.on('run:queued', send), kiln.events.on('run:running', send), kiln.events.on('run:done', send)];
-  const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), 15000);
-  const finish = () => {
-    if (closed) return;
-    closed = true;
-    clearInterval(heartbeat);
-    for (const off of offs) off();
-    res.end();
-  };
-  req.raw.on('close', finish);
+  const stream = openStream(req, reply, (s) => [kiln.events.on('run:queued', send(s)), kiln.events.on('run:running', send(s)), kiln.events.on('run:done', send(s))]);
   // The current state, read after subscribing so no change falls between.
-  kiln.runs.get(id).then(send, finish);
+  kiln.runs.get(id).then(send(stream), stream.finish);
 }
 
 /** Session events: `status` on each change, `warning` before idle timeout or max duration, `stopped` (with stopReason) at the end. */
 export function streamSessionEvents(kiln: Kiln, id: string, req: FastifyRequest, reply: FastifyReply): void {
-  reply.hijack();
-  const res = reply.raw;
-  res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive', 'X-Accel-Buffering': 'no' });
-  let closed = false;
-  const write = (event: string, data: unknown) => res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
-  const onStatus = (s: SessionView) => {
-    if (closed || s.id !== id) return;
+  const onStatus = (stream: EventStream) => (s: SessionView) => {
+    if (stream.closed || s.id !== id) return;
     const end = s.status === 'stopped' || s.status === 'failed';
-    write(end ? 'stopped' : 'status', s);
-    if (end) finish();
+    stream.write(end ? 'stopped' : 'status', s);
+    if (end) stream.finish();
   };
-  const offs = [
-    kiln.events.on('session:status', onStatus),
-    kiln.events.on('session:warning', (s, w) => {
-      if (!closed && s.id === id) write('warning', { ...w, session: s });
+  const stream = openStream(req, reply, (s) => [
+    kiln.events.on('session:status', onStatus(s)),
+    kiln.events.on('session:warning', (v, w) => {
+      if (v.id === id) s.write('warning', { ...w, session: v });
     }),
-  ];
-  const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), 15000);
-  const finish = () => {
-    if (closed) return;
-    closed = true;
-    clearInterval(heartbeat);
-    for (const off of offs) off();
-    res.end();
-  };
-  req.raw.on('close', finish);
-  kiln.sessions.get(id).then(onStatus, finish);
+  ]);
+  kiln.sessions.get(id).then(onStatus(stream), stream.finish);
 }
