@@ -110,10 +110,9 @@ export function buildCli(): Command {
         process.stdout.write(`${c.ok ? 'ok  ' : 'FAIL'} ${c.runtime.padEnd(8)} ${c.detail}\n`);
         if (c.fix) process.stdout.write(`     fix: ${c.fix}\n`);
       }
-      const used = new Set(Object.values(config.templates).map((t) => t.runtime));
-      const broken = checks.filter((c) => !c.ok && used.has(c.runtime as never));
+      const broken = new Set(checks.filter((c) => !c.ok).map((c) => c.runtime));
       for (const [name, t] of Object.entries(config.templates)) {
-        if (broken.some((b) => b.runtime === t.runtime)) process.stdout.write(`     template ${name} (runtime ${t.runtime}) will not start here\n`);
+        if (broken.has(t.runtime)) process.stdout.write(`     template ${name} (runtime ${t.runtime}) will not start here\n`);
       }
       process.exitCode = checks.find((c) => c.runtime === 'process')?.ok ? 0 : 1;
     } finally {
