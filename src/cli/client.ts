@@ -29,11 +29,14 @@ export async function api<T>(method: string, path: string, body?: unknown): Prom
   return parsed as T;
 }
 
-/** Follow a server-sent event stream, calling `onEvent` for each `data:` JSON. */
-export async function followEvents(path: string, onEvent: (event: string, data: unknown) => void): Promise<void> {
+/**
+ * Follow a server-sent event stream, calling `onEvent` for each `data:` JSON;
+ * `onEvent` returning true stops reading. `base` defaults to KILN_URL.
+ */
+export async function followEvents(path: string, onEvent: (event: string, data: unknown) => boolean | void, base = serverUrl()): Promise<void> {
   const headers: Record<string, string> = { accept: 'text/event-stream' };
   if (process.env.KILN_TOKEN) headers.authorization = `Bearer ${process.env.KILN_TOKEN}`;
-  const res = await fetch(serverUrl() + path, { headers });
+  const res = await fetch(base + path, { headers });
   if (!res.ok || !res.body) {
     const body = (await res.json().catch(() => undefined)) as { error?: { code: string; message: string } } | undefined;
     throw new KilnError(body?.error?.code ?? 'http_error', body?.error?.message ?? `HTTP ${res.status}`, res.status);
@@ -48,7 +51,7 @@ export async function followEvents(path: string, onEvent: (event: string, data: 
       buf = buf.slice(i + 2);
       const event = /^event: (.*)$/m.exec(block)?.[1] ?? 'message';
       const data = /^data: (.*)$/m.exec(block)?.[1];
-      if (data) onEvent(event, JSON.parse(data));
+      if (data && onEvent(event, JSON.parse(data)) === true) return;
     }
   }
 }

@@ -11,6 +11,7 @@ import { startTestKiln, testConfig, type TestKiln } from '../helpers.js';
 let t: TestKiln;
 let base: string;
 import type { KilnConfig } from '../../src/config/schema.js';
+import { followEvents } from '../../src/cli/client.js';
 
 function sessionConfig(): KilnConfig {
   const c = testConfig({
@@ -38,26 +39,13 @@ async function poolReady(template: string, n: number): Promise<void> {
   assert.fail(`pool ${template} never had ${n} ready: ${JSON.stringify(t.kiln.sessions.poolViews())}`);
 }
 
-/** Read server-sent events until `stop` says so. */
+/** Read server-sent events until `stop` says so (with the CLI's own reader). */
 async function readEvents(path: string, stop: (event: string) => boolean): Promise<{ event: string; data: any }[]> {
-  const res = await fetch(base + path);
   const out: { event: string; data: any }[] = [];
-  const decoder = new TextDecoder();
-  let buf = '';
-  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-    buf += decoder.decode(chunk, { stream: true });
-    let i;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
-      const block = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      const event = /^event: (.*)$/m.exec(block)?.[1];
-      const data = /^data: (.*)$/m.exec(block)?.[1];
-      if (event && data) {
-        out.push({ event, data: JSON.parse(data) });
-        if (stop(event)) return out;
-      }
-    }
-  }
+  await followEvents(path, (event, data) => {
+    out.push({ event, data });
+    return stop(event);
+  }, base);
   return out;
 }
 
