@@ -1,7 +1,10 @@
 /**
  * A load generator in its own process, so the proxy under test does not share
  * an event loop with its client (nginx does not either). Reads a JSON target
- * from argv, prints `{count, seconds, lat}` as JSON.
+ * from argv: `connections` keep-alive loops of GET for `warmupS` (not counted)
+ * then `seconds`; prints `{count, seconds, lat, total, clientCpuMs}` as JSON
+ * (`total` counts warm-up requests too, as the CPU readings do). Any
+ * answer but 200 fails the run (exit 1).
  */
 import http from 'node:http';
 
@@ -11,26 +14,46 @@ interface Target {
   port?: number;
   path: string;
   seconds: number;
+  warmupS?: number;
   connections: number;
 }
 
 const t = JSON.parse(process.argv[2]!) as Target;
 const agent = new http.Agent({ keepAlive: true, maxSockets: t.connections });
 const lat: number[] = [];
-const end = performance.now() + t.seconds * 1000;
-const started = performance.now();
-const loop = async () => {
-  while (performance.now() < end) {
-    const t0 = performance.now();
-    await new Promise<void>((resolve, reject) => {
-      http.get({ socketPath: t.socketPath, host: t.host, port: t.port, path: t.path, agent }, (res) => {
+const measureFrom = performance.now() + (t.warmupS ?? 0) * 1000;
+const end = measureFrom + t.seconds * 1000;
+let total = 0;
+
+const get = () =>
+  new Promise<void>((resolve, reject) => {
+    http
+      .get({ socketPath: t.socketPath, host: t.host, port: t.port, path: t.path, agent }, (res) => {
         res.resume();
-        res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`status ${res.statusCode}`))));
-      }).on('error', reject);
-    });
-    lat.push(performance.now() - t0);
+        res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`GET ${t.path}: status ${res.statusCode}`))));
+      })
+      .on('error', reject);
+  });
+
+const loop = async () => {
+  for (;;) {
+    const t0 = performance.now();
+    if (t0 >= end) return;
+    await get();
+    total++;
+    // Only requests started and finished inside the window count, so none straddles its edges.
+    const t1 = performance.now();
+    if (t0 >= measureFrom && t1 <= end) lat.push(t1 - t0);
   }
 };
-await Promise.all(Array.from({ length: t.connections }, loop));
+
+const cpu0 = process.cpuUsage();
+try {
+  await Promise.all(Array.from({ length: t.connections }, loop));
+} catch (e) {
+  process.stderr.write(`load: ${(e as Error).message}\n`);
+  process.exit(1);
+}
+const cpu = process.cpuUsage(cpu0);
 agent.destroy();
-process.stdout.write(JSON.stringify({ count: lat.length, seconds: (performance.now() - started) / 1000, lat }));
+process.stdout.write(JSON.stringify({ count: lat.length, seconds: t.seconds, lat, total, clientCpuMs: (cpu.user + cpu.system) / 1000 }));

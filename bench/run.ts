@@ -1,6 +1,8 @@
 /**
- * `npm run bench [-- --quick] [-- --only process|docker]`: kiln's benchmarks.
- * Each figure is printed beside a baseline measured in the same run. Missed
+ * `npm run bench [-- --quick] [-- --only process|docker|sessions]`: kiln's
+ * benchmarks — runs (bench/runs.ts; `process` or `docker` picks one runtime's
+ * part) and sessions (bench/sessions.ts). Each figure is printed beside a
+ * baseline measured in the same run; `--quick` shortens every series. Missed
  * targets are reported, never fatal: the exit code is non-zero only on a crash.
  */
 import { benchRuns, type RunsBenchOptions } from './runs.js';
