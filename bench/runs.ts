@@ -15,6 +15,7 @@ import { buildApi } from '../src/api/server.js';
 import { DEFAULT_CONFIG } from '../src/config/defaults.js';
 import type { Run } from '../src/runs/types.js';
 import { measure, measurePaired, percentile, summarize, table, type SeriesOptions, type Summary } from './stats.js';
+import { LOCAL } from '../src/auth/principal.js';
 
 export interface RunsBenchOptions {
   quick: boolean;
@@ -177,7 +178,7 @@ async function postRun(base: string, body: object): Promise<Run> {
 }
 
 async function inProcess(kiln: Kiln, body: object): Promise<void> {
-  const { run } = await kiln.runs.submit(body);
+  const { run } = await kiln.runs.submit(body, LOCAL);
   checkOk(await kiln.runs.waitDone(run.id));
 }
 
@@ -191,9 +192,9 @@ function timeService(kiln: Kiln): { lastMs(): number; restore(): void } {
   const { submit, waitDone } = runs;
   let started = 0;
   let last = NaN;
-  runs.submit = (body) => {
+  runs.submit = (body, principal) => {
     started = performance.now();
-    return submit.call(runs, body);
+    return submit.call(runs, body, principal);
   };
   runs.waitDone = (id) => waitDone.call(runs, id).finally(() => (last = performance.now() - started));
   return {

@@ -25,6 +25,7 @@ import { DEFAULT_CONFIG } from '../src/config/defaults.js';
 import type { KilnConfig } from '../src/config/schema.js';
 import type { Sandbox, SandboxSpec } from '../src/runtimes/types.js';
 import { percentile, table } from './stats.js';
+import { LOCAL } from '../src/auth/principal.js';
 
 export interface SessionsBenchOptions {
   quick: boolean;
@@ -206,7 +207,7 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
     const s = await api.createSession({ template: TEMPLATE_1CPU, env: COLD_ENV });
     open.add(s.id);
     if ((await api.getStatus(`${s.url}info`)) !== 200) throw new Error('proxy load: the session did not answer');
-    const socketPath = kiln.sessions.live(s.id).warm!.socketPath;
+    const socketPath = kiln.sessions.live(s.id, LOCAL).warm!.socketPath;
     const port = new URL(base).port;
     const perRound = n.loadS / ROUNDS;
     const acc = new Map<string, LoadResult>();

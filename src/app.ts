@@ -14,6 +14,7 @@ import { Runtimes } from './runtimes/index.js';
 import { RunService } from './runs/service.js';
 import { openSqliteStore, type Db } from './store/db.js';
 import { RunStore } from './store/runs.js';
+import { TokenStore } from './store/tokens.js';
 import { SessionService } from './sessions/service.js';
 import { SessionProxy } from './proxy/proxy.js';
 
@@ -22,6 +23,7 @@ export interface Kiln {
   instanceId: string;
   dataDir: string;
   db: Db;
+  tokens: TokenStore;
   events: KilnEventBus;
   budget: Budget;
   runtimes: Runtimes;
@@ -105,6 +107,7 @@ export async function startKiln(config: KilnConfig, opts: KilnOptions = {}): Pro
     instanceId,
     dataDir,
     db,
+    tokens: new TokenStore(db),
     events,
     budget,
     runtimes,

@@ -5,7 +5,6 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import http from 'node:http';
 import { PREFIX } from '../proxy/proxy.js';
-import { pageHtml } from '../proxy/pages.js';
 import { streamSessionEvents } from './sse.js';
 import { toStage } from '../runs/verdict.js';
 import swagger from '@fastify/swagger';
@@ -15,6 +14,13 @@ import { KilnError, isKilnError } from '../errors.js';
 import { storeReady } from '../store/db.js';
 import { ErrorSchema, LanguageSchema, RunRequestSchema, RunSchema } from './schemas.js';
 import { streamRunEvents } from './sse.js';
+import { Authenticator, authRequired } from './auth.js';
+import { installEdge } from './protect.js';
+import { registerDeepLink } from './deeplink.js';
+import { registerTokenRoutes } from './tokens.js';
+import { JwtVerifier } from '../auth/jwt.js';
+import https from 'node:https';
+import { readFileSync } from 'node:fs';
 
 export const VERSION = '0.1.0';
 
@@ -23,13 +29,19 @@ export interface ApiOptions {
 }
 
 export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<FastifyInstance> {
+  const cfg = kiln.config;
+  const required = authRequired(cfg.auth, cfg.server.host);
+  const authenticator = new Authenticator({ enabled: required, tokens: kiln.tokens, ...(cfg.auth.jwt ? { jwt: await JwtVerifier.fromConfig(cfg.auth.jwt) } : {}) });
+  const tls = cfg.server.tls ? { cert: readPem(cfg.server.tls.cert, 'server.tls.cert'), key: readPem(cfg.server.tls.key, 'server.tls.key') } : undefined;
   const app = Fastify({
+    trustProxy: cfg.server.trustProxy,
     // Session traffic (/s/<token>/...) goes straight to the proxy: bodies stream, nothing is parsed.
     serverFactory: (handler) => {
-      const server = http.createServer((req, res) => {
+      const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
         if (req.url?.startsWith(PREFIX)) void kiln.proxy.handle(req, res);
         else handler(req, res);
-      });
+      };
+      const server = tls ? https.createServer(tls, onRequest) : http.createServer(onRequest);
       server.on('upgrade', (req, socket, head) => {
         if (req.url?.startsWith(PREFIX)) void kiln.proxy.upgrade(req, socket, head);
         else socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
@@ -52,6 +64,9 @@ export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<Fasti
     }
   });
 
+  installEdge(app, { corsOrigins: cfg.server.corsOrigins, rateLimitPerMinute: cfg.server.rateLimitPerMinute, tls: tls !== undefined, loopbackOnly: !required });
+  authenticator.install(app);
+
   app.setErrorHandler((err: unknown, _req, reply) => sendError(reply, err, app));
   app.setNotFoundHandler((req, reply) => sendError(reply, new KilnError('not_found', `no route ${req.method} ${req.url.split('?')[0]}`, 404), app));
 
@@ -61,86 +76,81 @@ export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<Fasti
   await app.register(swaggerUi, { routePrefix: '/docs' });
   app.addSchema(ErrorSchema);
 
-  app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));
-  app.get('/readyz', { schema: { hide: true } }, async (_req, reply) => {
+  app.get('/healthz', { schema: { hide: true }, config: { access: 'public' } }, async () => ({ ok: true }));
+  app.get('/readyz', { schema: { hide: true }, config: { access: 'public' } }, async (_req, reply) => {
     const ok = await storeReady(kiln.db);
     return reply.code(ok ? 200 : 503).send({ ok });
   });
-  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
+  app.get('/metrics', { schema: { hide: true }, config: { access: 'admin' } }, async (_req, reply) => {
     return reply.type(kiln.metrics.registry.contentType).send(await kiln.metrics.registry.metrics());
   });
-  app.get('/v1/info', async () => ({
+  app.get('/v1/info', async (req) => ({
     version: VERSION,
     instanceId: kiln.instanceId,
+    auth: { required: authenticator.enabled, jwt: kiln.config.auth.jwt?.algorithm ?? null, you: { id: req.principal.id, scopes: [...req.principal.scopes] } },
     runtimes: await kiln.runtimes.checkAll(),
     budget: kiln.budget.snapshot(),
     queue: { depth: kiln.runs.queue.depth, running: kiln.runs.queue.running, max: kiln.config.runs.queueMax },
   }));
   app.get('/v1/languages', { schema: { response: { 200: { type: 'array', items: LanguageSchema } } } }, async () => kiln.runs.languages());
   app.get('/v1/templates', async () =>
-    Object.entries(kiln.config.templates).map(([name, t]) => ({ name, runtime: t.runtime, image: t.image, limits: { ...kiln.config.sandboxDefaults, ...t.limits } })),
+    Object.entries(kiln.config.templates).map(([name, t]) => ({ name, runtime: t.runtime, image: t.image, public: t.public ?? false, limits: { ...kiln.config.sandboxDefaults, ...t.limits } })),
   );
 
   app.post(
     '/v1/runs',
-    { schema: { body: RunRequestSchema, response: { 200: RunSchema, 202: RunSchema, 400: { $ref: 'Error#' }, 429: { $ref: 'Error#' } } } },
+    { config: { access: 'runs:write' }, schema: { body: RunRequestSchema, response: { 200: RunSchema, 202: RunSchema, 400: { $ref: 'Error#' }, 429: { $ref: 'Error#' } } } },
     async (req, reply) => {
-      const { run, wait } = await kiln.runs.submit(req.body);
+      const { run, wait } = await kiln.runs.submit(req.body, req.principal);
       if (!wait) return reply.code(202).send({ id: run.id, status: run.status });
       return reply.send(await kiln.runs.waitDone(run.id));
     },
   );
-  app.get<{ Params: { id: string } }>('/v1/runs/:id', { schema: { response: { 200: RunSchema, 404: { $ref: 'Error#' } } } }, async (req) =>
-    kiln.runs.get(req.params.id),
+  app.get<{ Params: { id: string } }>('/v1/runs/:id', { config: { access: 'runs:read' }, schema: { response: { 200: RunSchema, 404: { $ref: 'Error#' } } } }, async (req) =>
+    kiln.runs.get(req.params.id, req.principal),
   );
-  app.get<{ Params: { id: string } }>('/v1/runs/:id/events', async (req: FastifyRequest<{ Params: { id: string } }>, reply) => {
-    await kiln.runs.get(req.params.id); // 404 before the stream starts
+  app.get<{ Params: { id: string } }>('/v1/runs/:id/events', { config: { access: 'runs:read' } }, async (req: FastifyRequest<{ Params: { id: string } }>, reply) => {
+    await kiln.runs.get(req.params.id, req.principal); // 404 before the stream starts
     streamRunEvents(kiln, req.params.id, req, reply);
   });
 
-  app.get('/v1/pools', async () => kiln.sessions.poolViews());
-  app.get('/v1/sessions', async () => kiln.sessions.list());
-  app.post('/v1/sessions', async (req, reply) => reply.code(201).send(await kiln.sessions.create(req.body)));
-  app.get<{ Params: { id: string } }>('/v1/sessions/:id', async (req) => kiln.sessions.get(req.params.id));
-  app.delete<{ Params: { id: string } }>('/v1/sessions/:id', async (req) => kiln.sessions.remove(req.params.id));
-  app.post<{ Params: { id: string } }>('/v1/sessions/:id/exec', async (req) => toStage(await kiln.sessions.exec(req.params.id, req.body)));
-  app.get<{ Params: { id: string } }>('/v1/sessions/:id/events', async (req, reply) => {
-    await kiln.sessions.get(req.params.id);
+  app.get('/v1/pools', { config: { access: 'sessions:read' } }, async () => kiln.sessions.poolViews());
+  app.get('/v1/sessions', { config: { access: 'sessions:read' } }, async (req) => kiln.sessions.list(req.principal));
+  app.post('/v1/sessions', { config: { access: 'sessions:write' } }, async (req, reply) => reply.code(201).send(await kiln.sessions.create(req.body, req.principal)));
+  app.get<{ Params: { id: string } }>('/v1/sessions/:id', { config: { access: 'sessions:read' } }, async (req) => kiln.sessions.get(req.params.id, req.principal));
+  app.delete<{ Params: { id: string } }>('/v1/sessions/:id', { config: { access: 'sessions:write' } }, async (req) => kiln.sessions.remove(req.params.id, req.principal));
+  app.post<{ Params: { id: string } }>('/v1/sessions/:id/exec', { config: { access: 'sessions:write' } }, async (req) =>
+    toStage(await kiln.sessions.exec(req.params.id, req.body, req.principal)),
+  );
+  app.get<{ Params: { id: string } }>('/v1/sessions/:id/events', { config: { access: 'sessions:read' } }, async (req, reply) => {
+    await kiln.sessions.get(req.params.id, req.principal);
     streamSessionEvents(kiln, req.params.id, req, reply);
   });
   // Files: raw bytes both ways, any content type.
   app.register(async (files) => {
     files.removeAllContentTypeParsers();
     files.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
-    files.put<{ Params: { id: string; '*': string } }>('/v1/sessions/:id/files/*', async (req, reply) => {
+    files.put<{ Params: { id: string; '*': string } }>('/v1/sessions/:id/files/*', { config: { access: 'sessions:write' } }, async (req, reply) => {
       const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
-      await kiln.sessions.putFile(req.params.id, req.params['*'], body);
+      await kiln.sessions.putFile(req.params.id, req.params['*'], body, req.principal);
       return reply.code(204).send();
     });
-    files.get<{ Params: { id: string; '*': string } }>('/v1/sessions/:id/files/*', async (req, reply) => {
-      const data = await kiln.sessions.getFile(req.params.id, req.params['*']);
+    files.get<{ Params: { id: string; '*': string } }>('/v1/sessions/:id/files/*', { config: { access: 'sessions:read' } }, async (req, reply) => {
+      const data = await kiln.sessions.getFile(req.params.id, req.params['*'], req.principal);
       return reply.type('application/octet-stream').send(data);
     });
   });
-  // Deep link: a fresh instance, already running, for whoever clicks.
-  app.get<{ Params: { template: string } }>('/open/:template', async (req, reply) => {
-    try {
-      const s = await kiln.sessions.create({ template: req.params.template });
-      const openPath = kiln.config.templates[s.template]?.openPath ?? '/';
-      return reply.redirect(`${s.url.slice(0, -1)}${openPath}`, 302);
-    } catch (e) {
-      const err = e as KilnError;
-      if (!isKilnError(err) || err.status !== 503) throw e;
-      const retry = err.retryAfterS ?? 10;
-      return reply
-        .code(503)
-        .header('retry-after', String(retry))
-        .type('text/html; charset=utf-8')
-        .send(pageHtml('All instances are busy', `Every instance of ${req.params.template} is in use. This page tries again in ${retry} seconds.`, true, retry));
-    }
-  });
-
+  registerDeepLink(app, kiln);
+  registerTokenRoutes(app, kiln);
   return app;
+}
+
+function readPem(file: string, setting: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (e) {
+    throw new KilnError('invalid_config', `${setting}: cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
 }
 
 function sendError(reply: FastifyReply, err: unknown, app: FastifyInstance): FastifyReply {

@@ -55,7 +55,7 @@ export function streamRunEvents(kiln: Kiln, id: string, req: FastifyRequest, rep
   };
   const stream = openStream(req, reply, (s) => [kiln.events.on('run:queued', send(s)), kiln.events.on('run:running', send(s)), kiln.events.on('run:done', send(s))]);
   // The current state, read after subscribing so no change falls between.
-  kiln.runs.get(id).then(send(stream), stream.finish);
+  kiln.runs.get(id, req.principal).then(send(stream), stream.finish);
 }
 
 /** Session events: `status` on each change, `warning` before idle timeout or max duration, `stopped` (with stopReason) at the end. */
@@ -72,5 +72,5 @@ export function streamSessionEvents(kiln: Kiln, id: string, req: FastifyRequest,
       if (v.id === id) s.write('warning', { ...w, session: v });
     }),
   ]);
-  kiln.sessions.get(id).then(onStatus(stream), stream.finish);
+  kiln.sessions.get(id, req.principal).then(onStatus(stream), stream.finish);
 }

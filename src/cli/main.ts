@@ -16,6 +16,7 @@ import type { Run, Stage } from '../runs/types.js';
 import type { SessionView } from '../sessions/types.js';
 import { api, followEvents, serverUrl } from './client.js';
 import { printRun } from './output.js';
+import { LOCAL } from '../auth/principal.js';
 
 interface ServerFlags {
   config?: string;
@@ -133,7 +134,7 @@ export function buildCli(): Command {
     const body = runBody(config, file, o);
     const kiln = await startKiln(config, { ephemeral: true });
     try {
-      const { run } = await kiln.runs.submit(body);
+      const { run } = await kiln.runs.submit(body, LOCAL);
       process.exitCode = printRun(await kiln.runs.waitDone(run.id));
     } finally {
       await kiln.close();

@@ -5,7 +5,8 @@
 import type { KilnConfig } from './schema.js';
 
 export const DEFAULT_CONFIG: KilnConfig = {
-  server: { host: '127.0.0.1', port: 7070, dataDir: './.kiln', bodyLimitBytes: 10 * 1024 * 1024, orphanSweepS: 30, logLevel: 'info' },
+  server: { host: '127.0.0.1', port: 7070, dataDir: './.kiln', bodyLimitBytes: 10 * 1024 * 1024, orphanSweepS: 30, logLevel: 'info', tls: null, corsOrigins: [], rateLimitPerMinute: 6000, trustProxy: false },
+  auth: { enabled: null, jwt: null, public: { sessionsPerClient: 2, createsPerMinute: 6 } },
   budget: { cpuTotal: null, memoryTotalMb: null },
   runs: {
     concurrency: null,

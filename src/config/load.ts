@@ -27,11 +27,13 @@ export interface LoadedConfig {
 }
 
 /** KILN_* variables and the key each sets. Client variables (KILN_URL, KILN_TOKEN) are not config. */
-const ENV_KEYS: Record<string, { key: string; type: 'string' | 'int' | 'number' }> = {
+type EnvType = 'string' | 'int' | 'number' | 'boolean';
+const ENV_KEYS: Record<string, { key: string; type: EnvType }> = {
   KILN_HOST: { key: 'server.host', type: 'string' },
   KILN_PORT: { key: 'server.port', type: 'int' },
   KILN_DATA_DIR: { key: 'server.dataDir', type: 'string' },
   KILN_LOG_LEVEL: { key: 'server.logLevel', type: 'string' },
+  KILN_AUTH_ENABLED: { key: 'auth.enabled', type: 'boolean' },
   KILN_BODY_LIMIT_BYTES: { key: 'server.bodyLimitBytes', type: 'int' },
   KILN_CPU_TOTAL: { key: 'budget.cpuTotal', type: 'number' },
   KILN_MEMORY_TOTAL_MB: { key: 'budget.memoryTotalMb', type: 'int' },
@@ -158,8 +160,13 @@ function setPath(target: unknown, dotted: string, value: unknown): void {
   node[parts[parts.length - 1]!] = value;
 }
 
-function coerce(raw: string, type: 'string' | 'int' | 'number', name: string): unknown {
+function coerce(raw: string, type: EnvType, name: string): unknown {
   if (type === 'string') return raw;
+  if (type === 'boolean') {
+    if (raw === 'true' || raw === '1') return true;
+    if (raw === 'false' || raw === '0') return false;
+    throw new KilnError('invalid_config', `environment: ${name}=${JSON.stringify(raw)} is not true or false`);
+  }
   const n = Number(raw);
   if (!Number.isFinite(n) || (type === 'int' && !Number.isInteger(n))) {
     throw new KilnError('invalid_config', `environment: ${name}=${JSON.stringify(raw)} is not ${type === 'int' ? 'an integer' : 'a number'}`);

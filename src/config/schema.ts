@@ -112,6 +112,50 @@ export const ConfigSchema = Type.Object(
         orphanSweepS: Type.Number({ exclusiveMinimum: 0 }),
         /** pino log level. Default info. */
         logLevel: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l))),
+        /** HTTPS: PEM files of the certificate (chain) and its key. null = plain HTTP. */
+        tls: Nullable(Type.Object({ cert: Type.String({ minLength: 1 }), key: Type.String({ minLength: 1 }) }, strict)),
+        /** Browser origins allowed to call the API (CORS), e.g. https://app.example.org. Default none. */
+        corsOrigins: Type.Array(Type.String({ pattern: '^https?://[^/]+$' })),
+        /** API requests per minute per client (token, or address when anonymous); 0 = no limit. */
+        rateLimitPerMinute: Type.Integer({ minimum: 0 }),
+        /** Take the client address from X-Forwarded-For (only behind a proxy you run). Default false. */
+        trustProxy: Type.Boolean(),
+      },
+      strict,
+    ),
+    auth: Type.Object(
+      {
+        /**
+         * Require credentials on the API. null (default) = on unless the server
+         * listens on loopback only. false on a non-loopback address is refused.
+         */
+        enabled: Nullable(Type.Boolean()),
+        /** JWTs signed by your own app. null = API tokens only. */
+        jwt: Nullable(
+          Type.Object(
+            {
+              algorithm: Type.Union([Type.Literal('HS256'), Type.Literal('RS256'), Type.Literal('ES256')]),
+              /** HS256: a file holding the shared secret (at least 32 bytes). Env KILN_JWT_SECRET also works. */
+              secretFile: Type.Optional(Type.String({ minLength: 1 })),
+              /** RS256/ES256: the PEM public key (SPKI) file. */
+              publicKeyFile: Type.Optional(Type.String({ minLength: 1 })),
+              /** Required `iss` / `aud` claims, when set. */
+              issuer: Type.Optional(Type.String({ minLength: 1 })),
+              audience: Type.Optional(Type.String({ minLength: 1 })),
+            },
+            strict,
+          ),
+        ),
+        /** Anonymous users of public templates' deep links, per client address. */
+        public: Type.Object(
+          {
+            /** Sessions one address may hold at once. */
+            sessionsPerClient: Type.Integer({ minimum: 0 }),
+            /** Sessions one address may create per minute. */
+            createsPerMinute: Type.Integer({ minimum: 0 }),
+          },
+          strict,
+        ),
       },
       strict,
     ),

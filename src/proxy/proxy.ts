@@ -5,14 +5,40 @@
  * ways, nothing is buffered. Requests and open sockets count as activity.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import { timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { SessionService, LiveSession } from '../sessions/service.js';
 import type { KilnConfig } from '../config/schema.js';
 import { pageHtml } from './pages.js';
 import { backendAgent, dropAllBackendAgents } from './agents.js';
+import { SECURE_PAGE_HEADERS } from '../api/protect.js';
 
 export const PREFIX = '/s/';
+/** The browser's copy of a session's URL secret, scoped to `/s/<session id>/`, so the token can leave the address bar. */
+export const SESSION_COOKIE = 'kiln_s';
+
+/**
+ * Where a browser should land in `session`, and the cookie that lets it in.
+ * Templates whose server sees the full path (`basePath: keep`) were started
+ * with the token in their base URL, so they stay on the token URL.
+ */
+export function browserEntry(session: LiveSession, config: KilnConfig, path: string, secure: boolean): { location: string; cookie?: string } {
+  if (config.templates[session.template]?.basePath === 'keep') return { location: `${PREFIX}${session.token}${path}` };
+  const cookie = `${SESSION_COOKIE}=${session.token}; Path=${PREFIX}${session.id}/; HttpOnly; SameSite=Lax${secure ? '; Secure' : ''}`;
+  return { location: `${PREFIX}${session.id}${path}`, cookie };
+}
+
+function cookieValue(header: string | undefined, name: string): string | undefined {
+  if (!header) return undefined;
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+  }
+  return undefined;
+}
+
+const sameSecret = (a: string, b: string) => a.length === b.length && timingSafeEqual(Buffer.from(a), Buffer.from(b));
 
 /** Hop-by-hop headers are for one connection only (RFC 9110 §7.6.1). */
 const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate']);
@@ -30,7 +56,7 @@ export class SessionProxy {
     private readonly config: KilnConfig,
   ) {}
 
-  /** Split `/s/<token>/rest?q` into the token and what the server should see. */
+  /** Split `/s/<key>/rest?q` (key: the token, or the session id with the cookie) into the key and what the server should see. */
   private route(url: string): { token: string; rest: string } | undefined {
     if (!url.startsWith(PREFIX)) return undefined;
     const end = url.indexOf('/', PREFIX.length);
@@ -41,7 +67,7 @@ export class SessionProxy {
 
   private async session(req: IncomingMessage, res: ServerResponse | undefined): Promise<LiveSession | undefined> {
     const r = this.route(req.url ?? '');
-    const session = r ? this.sessions.byTokenLookup(r.token) : undefined;
+    const session = r ? this.lookup(r.token, req) : undefined;
     if (!r || !session) {
       res && send(res, 404, 'No such session', 'This link does not lead to a session. Ask for a new one.');
       return undefined;
@@ -65,12 +91,35 @@ export class SessionProxy {
     return session;
   }
 
-  private backendPath(session: LiveSession, url: string): string {
-    const keep = this.config.templates[session.template]?.basePath === 'keep';
-    return keep ? url : url.slice(PREFIX.length + session.token.length);
+  /** By token in the path; or by session id in the path with the token in the session's cookie. Unknown either way: 404. */
+  private lookup(key: string, req: IncomingMessage): LiveSession | undefined {
+    const byToken = this.sessions.byTokenLookup(key);
+    if (byToken) return byToken;
+    const byId = this.sessions.byIdLookup(key);
+    const cookie = cookieValue(req.headers.cookie, SESSION_COOKIE);
+    return byId && cookie !== undefined && sameSecret(cookie, byId.token) ? byId : undefined;
   }
 
-  private forwardedHeaders(req: IncomingMessage, token: string): Record<string, string | string[]> {
+  private backendPath(session: LiveSession, url: string): string {
+    const keep = this.config.templates[session.template]?.basePath === 'keep';
+    if (keep) return url;
+    const keyLength = url.startsWith(session.token, PREFIX.length) ? session.token.length : session.id.length;
+    return url.slice(PREFIX.length + keyLength);
+  }
+
+  /** A browser opening the token URL: hand it the cookie and move it to the id URL, out of the address bar and history. */
+  private moveBrowser(req: IncomingMessage, res: ServerResponse, session: LiveSession): boolean {
+    if (req.method !== 'GET' || req.headers['sec-fetch-mode'] !== 'navigate') return false;
+    if (!req.url!.startsWith(session.token, PREFIX.length)) return false;
+    const secure = (req.socket as { encrypted?: boolean }).encrypted === true;
+    const entry = browserEntry(session, this.config, req.url!.slice(PREFIX.length + session.token.length), secure);
+    if (!entry.cookie) return false;
+    res.writeHead(302, { location: entry.location, 'set-cookie': entry.cookie, 'cache-control': 'no-store', 'referrer-policy': 'no-referrer', 'content-length': '0' });
+    res.end();
+    return true;
+  }
+
+  private forwardedHeaders(req: IncomingMessage, session: LiveSession): Record<string, string | string[]> {
     const out: Record<string, string | string[]> = {};
     const h = req.headers;
     for (const k in h) {
@@ -82,13 +131,13 @@ export class SessionProxy {
     out['x-forwarded-for'] = prior ? `${prior}, ${client}` : client;
     out['x-forwarded-proto'] = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
     if (h.host) out['x-forwarded-host'] = h.host;
-    out['x-forwarded-prefix'] = `${PREFIX}${token}`;
+    out['x-forwarded-prefix'] = `${PREFIX}${req.url!.startsWith(session.token, PREFIX.length) ? session.token : session.id}`;
     return out;
   }
 
   async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const session = await this.session(req, res);
-    if (!session) return;
+    if (!session || this.moveBrowser(req, res, session)) return;
     const warm = session.warm!;
     session.touch();
     session.openSockets++;
@@ -108,13 +157,21 @@ export class SessionProxy {
       agent: backendAgent(warm.socketPath),
       method: req.method,
       path: this.backendPath(session, req.url!),
-      headers: this.forwardedHeaders(req, session.token),
+      headers: this.forwardedHeaders(req, session),
     });
     upstream.on('response', (up) => {
       // The backend's headers as they came (a flat name/value list), less hop-by-hop ones.
       const raw = up.rawHeaders;
       const headers: string[] = [];
-      for (let i = 0; i < raw.length; i += 2) if (!HOP.has(raw[i]!.toLowerCase())) headers.push(raw[i]!, raw[i + 1]!);
+      let referrerPolicy = false;
+      for (let i = 0; i < raw.length; i += 2) {
+        const name = raw[i]!.toLowerCase();
+        if (HOP.has(name)) continue;
+        if (name === 'referrer-policy') referrerPolicy = true;
+        headers.push(raw[i]!, raw[i + 1]!);
+      }
+      // A page at a token URL must not hand the token to other sites in Referer.
+      if (!referrerPolicy) headers.push('referrer-policy', 'same-origin');
       res.writeHead(up.statusCode ?? 502, up.statusMessage, headers);
       up.pipe(res);
     });
@@ -154,7 +211,7 @@ export class SessionProxy {
     backend.on('close', close);
     client.on('close', close);
     backend.on('connect', () => {
-      const headers = this.forwardedHeaders(req, session.token);
+      const headers = this.forwardedHeaders(req, session);
       // Upgrade requests keep their Connection/Upgrade headers: they are the point.
       headers.connection = req.headers.connection ?? 'Upgrade';
       if (req.headers.upgrade) headers.upgrade = req.headers.upgrade;
@@ -174,7 +231,7 @@ export class SessionProxy {
 
 function send(res: ServerResponse, status: number, title: string, text: string, opts: { refresh?: boolean } = {}): void {
   const body = pageHtml(title, text, opts.refresh);
-  const headers: Record<string, string> = { 'content-type': 'text/html; charset=utf-8', 'content-length': String(Buffer.byteLength(body)), 'cache-control': 'no-store' };
+  const headers: Record<string, string> = { ...SECURE_PAGE_HEADERS, 'content-type': 'text/html; charset=utf-8', 'content-length': String(Buffer.byteLength(body)), 'cache-control': 'no-store' };
   if (status === 503) headers['retry-after'] = '1';
   res.writeHead(status, headers);
   res.end(body);

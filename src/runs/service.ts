@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { cpus } from 'node:os';
 import type { KilnConfig } from '../config/schema.js';
 import { KilnError, messageOf, notFound } from '../errors.js';
+import { LOCAL, sees, type Principal } from '../auth/principal.js';
 import type { KilnEventBus } from '../events.js';
 import type { Budget } from '../pools/budget.js';
 import type { Runtimes } from '../runtimes/index.js';
@@ -36,8 +37,11 @@ export class RunService {
   }
 
   /** Validate and enqueue. Resolves with the queued run (use `waitDone` for the result). */
-  async submit(body: unknown): Promise<{ run: Run; wait: boolean }> {
+  async submit(body: unknown, principal: Principal): Promise<{ run: Run; wait: boolean }> {
     const prepared = prepareRun(body, this.deps.config);
+    // A credential's caps bound what its holder may ask for: the smaller of request and cap holds.
+    const caps = principal.limits;
+    if (caps) for (const k of ['wallMs', 'cpuMs', 'memoryMb', 'pids', 'outputBytes'] as const) if (caps[k] !== undefined) prepared.runLimits[k] = Math.min(prepared.runLimits[k], Math.floor(caps[k]));
     const { runtime, spec } = this.sandboxFor(prepared);
     const reservation = { cpus: spec.limits.cpus, memoryMb: spec.limits.memoryMb };
     if (!this.deps.budget.fitsEver(reservation)) {
@@ -49,6 +53,7 @@ export class RunService {
       template: prepared.templateName,
       status: 'queued',
       createdAt: new Date().toISOString(),
+      owner: principal.id,
     };
     // Queue first (it may refuse with 429), then store: a refused run leaves no row.
     let settle!: (ok: boolean) => void;
@@ -63,7 +68,7 @@ export class RunService {
       }
     });
     try {
-      await this.deps.store.insert(run, prepared.request);
+      await this.deps.store.insert(run, prepared.request, principal.id);
       settle(true);
     } catch (e) {
       settle(false);
@@ -114,9 +119,10 @@ export class RunService {
     await sandbox?.destroy().catch((e: unknown) => this.deps.log?.warn({ err: messageOf(e) }, 'sandbox destroy failed'));
   }
 
-  async get(id: string): Promise<Run> {
+  /** A run `principal` may see; another's is as unknown as a made-up id. */
+  async get(id: string, principal: Principal): Promise<Run> {
     const run = await this.deps.store.get(id);
-    if (!run) throw notFound('run', id);
+    if (!run || !sees(principal, run.owner ?? 'local')) throw notFound('run', id);
     return run;
   }
 
@@ -129,7 +135,7 @@ export class RunService {
         resolve(r);
       });
       // It may have finished before we listened.
-      this.get(id).then(
+      this.get(id, LOCAL).then(
         (r) => {
           if (r.status === 'done') {
             off();

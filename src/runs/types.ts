@@ -54,6 +54,8 @@ export interface Run {
   createdAt: string;
   startedAt?: string;
   finishedAt?: string;
+  /** Principal that submitted it (see auth/principal.ts). */
+  owner?: string;
 }
 
 export interface LanguageInfo {

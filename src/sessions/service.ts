@@ -14,6 +14,7 @@ import { dropBackendAgent } from '../proxy/agents.js';
 import type { Runtimes } from '../runtimes/index.js';
 import type { ExecResult } from '../runtimes/types.js';
 import type { Db } from '../store/db.js';
+import { sees, type Principal } from '../auth/principal.js';
 import { SESSION_STATUS, TRANSITIONS, type SessionRequest, type SessionStatus, type SessionView, type StopReason } from './types.js';
 
 export interface SessionServiceDeps {
@@ -51,6 +52,8 @@ export class LiveSession {
     readonly maxDurationS: number,
     readonly warnings: { idleS: number; durationS: number },
     readonly metadata: Record<string, string> | undefined,
+    /** Principal that created it: only it (or an admin) sees it. */
+    readonly owner: string,
   ) {
     this.settled = new Promise((r) => (this.settle = r));
   }
@@ -152,13 +155,21 @@ export class SessionService {
   }
 
   /** Claim a warm sandbox (or start one cold) and bind it to a new session. */
-  async create(body: unknown): Promise<SessionView> {
+  async create(body: unknown, principal: Principal): Promise<SessionView> {
     if (this.closed) throw new KilnError('shutting_down', 'the server is shutting down', 503, { retryAfterS: 5 });
     const req = this.parse(body);
     const t = this.template(req.template);
     const s = this.deps.config.sessions;
-    const maxDurationS = t.maxDurationS ?? s.maxDurationS;
-    const idleTimeoutS = t.idleTimeoutS ?? s.idleTimeoutS;
+    const caps = principal.limits ?? {};
+    // A credential's caps lower the template's lifecycle; sandbox limits it cannot lower are refused, not silently exceeded.
+    const maxDurationS = Math.min(t.maxDurationS ?? s.maxDurationS, caps.maxDurationS ?? Infinity);
+    const idleTimeoutS = Math.min(t.idleTimeoutS ?? s.idleTimeoutS, caps.idleTimeoutS ?? Infinity);
+    const { spec } = this.deps.runtimes.specFor(req.template);
+    for (const k of ['cpus', 'memoryMb', 'pids'] as const) {
+      const cap = caps[k];
+      if (cap !== undefined && spec.limits[k] > cap) throw new KilnError('forbidden', `template ${req.template} needs ${k} ${spec.limits[k]}; this credential allows at most ${cap}`, 403);
+    }
+    if (principal.kind === 'anonymous') this.admitAnonymous(principal);
     // A client may ask for less than the template allows, never more.
     if (req.maxDurationS !== undefined && req.maxDurationS > maxDurationS) throw invalid('maxDurationS', `must be at most ${maxDurationS} (template ${req.template})`);
     if (req.idleTimeoutS !== undefined && req.idleTimeoutS > idleTimeoutS) throw invalid('idleTimeoutS', `must be at most ${idleTimeoutS} (template ${req.template})`);
@@ -168,7 +179,7 @@ export class SessionService {
     const warm = req.env ? undefined : pool.claim();
     let session: LiveSession;
     const make = (token: string, fromPool: boolean) =>
-      new LiveSession(randomUUID(), req.template, token, fromPool, Date.now(), req.idleTimeoutS ?? idleTimeoutS, req.maxDurationS ?? maxDurationS, { ...s.warnings, ...t.warnings }, req.metadata);
+      new LiveSession(randomUUID(), req.template, token, fromPool, Date.now(), req.idleTimeoutS ?? idleTimeoutS, req.maxDurationS ?? maxDurationS, { ...s.warnings, ...t.warnings }, req.metadata, principal.id);
     if (warm) {
       session = make(warm.token, true);
       session.warm = warm;
@@ -195,6 +206,14 @@ export class SessionService {
       this.coldStarts.add(pending);
     }
     return session.view(true);
+  }
+
+  /** Anonymous visitors of a public deep link: a few sessions per address at once. */
+  private admitAnonymous(principal: Principal): void {
+    const max = this.deps.config.auth.public.sessionsPerClient;
+    let held = 0;
+    for (const s of this.byId.values()) if (s.owner === principal.id && (s.status === 'starting' || s.status === 'ready')) held++;
+    if (held >= max) throw new KilnError('too_many_sessions', `this address already holds ${held} session(s), the most allowed at once; close one or wait for it to end`, 429, { retryAfterS: 60 });
   }
 
   private async coldStart(session: LiveSession, reservation: Reservation, env: Record<string, string>, started: number): Promise<void> {
@@ -256,6 +275,7 @@ export class SessionService {
         last_activity_at: v.lastActivityAt,
         stopped_at: null,
         error: null,
+        owner: session.owner,
       })
       .execute();
   }
@@ -341,17 +361,26 @@ export class SessionService {
     return this.byToken.get(token);
   }
 
-  live(id: string): LiveSession {
+  /** For the proxy only: it checks the session's cookie itself. */
+  byIdLookup(id: string): LiveSession | undefined {
+    return this.byId.get(id);
+  }
+
+  /** A live session `principal` may see; another's is as unknown as a made-up id. */
+  live(id: string, principal: Principal): LiveSession {
     const s = this.byId.get(id);
-    if (!s) throw notFound('session', id);
+    if (!s || !sees(principal, s.owner)) throw notFound('session', id);
     return s;
   }
 
-  async get(id: string): Promise<SessionView> {
+  async get(id: string, principal: Principal): Promise<SessionView> {
     const s = this.byId.get(id);
-    if (s) return s.view();
+    if (s) {
+      if (!sees(principal, s.owner)) throw notFound('session', id);
+      return s.view();
+    }
     const row = await this.deps.db.selectFrom('sessions').selectAll().where('id', '=', id).executeTakeFirst();
-    if (!row) throw notFound('session', id);
+    if (!row || !sees(principal, row.owner)) throw notFound('session', id);
     return {
       id: row.id,
       template: row.template,
@@ -369,26 +398,27 @@ export class SessionService {
   }
 
   /** Live sessions and those stopped within `stalePeriodS`. */
-  list(): SessionView[] {
-    return [...this.byId.values()].map((s) => s.view());
+  list(principal?: Principal): SessionView[] {
+    const all = [...this.byId.values()];
+    return (principal ? all.filter((s) => sees(principal, s.owner)) : all).map((s) => s.view());
   }
 
-  async remove(id: string): Promise<SessionView> {
-    const s = this.live(id);
+  async remove(id: string, principal: Principal): Promise<SessionView> {
+    const s = this.live(id, principal);
     await this.stop(s, 'deleted');
     return s.view();
   }
 
   /** The session once ready: a call on a starting session waits for it (up to holdRequestS), as browsers do. */
-  private async ready(id: string): Promise<LiveSession & { warm: WarmSandbox }> {
-    const s = this.live(id);
+  private async ready(id: string, principal: Principal): Promise<LiveSession & { warm: WarmSandbox }> {
+    const s = this.live(id, principal);
     if (s.status === 'starting') await Promise.race([s.settled, new Promise((r) => setTimeout(r, this.deps.config.sessions.holdRequestS * 1000))]);
     if (s.status !== 'ready' || !s.warm) throw new KilnError('session_not_ready', `session ${id} is ${s.status}`, 409);
     s.touch();
     return s as LiveSession & { warm: WarmSandbox };
   }
 
-  async exec(id: string, body: unknown): Promise<ExecResult> {
+  async exec(id: string, body: unknown, principal: Principal): Promise<ExecResult> {
     if (body === null || typeof body !== 'object' || Array.isArray(body)) throw invalid('body', 'must be a JSON object');
     const b = body as Record<string, unknown>;
     for (const k of Object.keys(b)) if (!['command', 'stdin', 'timeoutMs'].includes(k)) throw invalid(k, 'unknown field');
@@ -396,7 +426,7 @@ export class SessionService {
     if (b.stdin !== undefined && typeof b.stdin !== 'string') throw invalid('stdin', 'must be a string');
     const max = this.deps.config.runs.maxima.wallMs;
     if (b.timeoutMs !== undefined && (typeof b.timeoutMs !== 'number' || !Number.isInteger(b.timeoutMs) || b.timeoutMs < 1 || b.timeoutMs > max)) throw invalid('timeoutMs', `must be an integer from 1 to ${max}`);
-    const s = await this.ready(id);
+    const s = await this.ready(id, principal);
     const { spec } = this.deps.runtimes.specFor(s.template);
     const timeoutMs = (b.timeoutMs as number | undefined) ?? this.deps.config.runs.defaults.wallMs;
     s.openSockets++;
@@ -412,12 +442,12 @@ export class SessionService {
     }
   }
 
-  async putFile(id: string, path: string, data: Buffer): Promise<void> {
-    await (await this.ready(id)).warm.sandbox.putFile(path, data);
+  async putFile(id: string, path: string, data: Buffer, principal: Principal): Promise<void> {
+    await (await this.ready(id, principal)).warm.sandbox.putFile(path, data);
   }
 
-  async getFile(id: string, path: string): Promise<Buffer> {
-    const data = await (await this.ready(id)).warm.sandbox.getFile(path, this.deps.config.server.bodyLimitBytes);
+  async getFile(id: string, path: string, principal: Principal): Promise<Buffer> {
+    const data = await (await this.ready(id, principal)).warm.sandbox.getFile(path, this.deps.config.server.bodyLimitBytes);
     if (!data) throw notFound('file', path);
     return data;
   }

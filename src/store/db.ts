@@ -4,7 +4,7 @@
  * DESIGN.md; JSON columns hold stage results as the API returns them.
  */
 import Database from 'better-sqlite3';
-import { Kysely, Migrator, SqliteDialect, sql, type Migration, type MigrationProvider } from 'kysely';
+import { Kysely, Migrator, type Generated, SqliteDialect, sql, type Migration, type MigrationProvider } from 'kysely';
 
 export interface RunsTable {
   id: string;
@@ -21,6 +21,8 @@ export interface RunsTable {
   created_at: string;
   started_at: string | null;
   finished_at: string | null;
+  /** Principal that submitted it. */
+  owner: string;
 }
 
 export interface SessionsTable {
@@ -42,6 +44,36 @@ export interface SessionsTable {
   last_activity_at: string;
   stopped_at: string | null;
   error: string | null;
+  /** Principal that created it. */
+  owner: string;
+}
+
+export interface TokensTable {
+  id: string;
+  name: string;
+  /** sha256 of the token: the store never holds a usable credential. */
+  hash: string;
+  /** JSON array of scopes. */
+  scopes: string;
+  /** JSON LimitCaps, or null. */
+  limits: string | null;
+  created_at: string;
+  created_by: string;
+  expires_at: string | null;
+  revoked_at: string | null;
+  last_used_at: string | null;
+}
+
+export interface AuditTable {
+  id: Generated<number>;
+  at: string;
+  /** Principal id that acted (`token:<id>`, `cli:<user>`, `local`, …). */
+  actor: string;
+  action: string;
+  target: string | null;
+  /** JSON detail; never a secret. */
+  detail: string | null;
+  address: string | null;
 }
 
 export interface MetaTable {
@@ -53,6 +85,8 @@ export interface Tables {
   runs: RunsTable;
   sessions: SessionsTable;
   meta: MetaTable;
+  tokens: TokensTable;
+  audit: AuditTable;
 }
 
 export type Db = Kysely<Tables>;
@@ -105,6 +139,38 @@ migrations['0002_sessions'] = {
       .addColumn('error', 'text')
       .execute();
     await db.schema.createIndex('sessions_status').on('sessions').column('status').execute();
+  },
+};
+
+migrations['0003_auth'] = {
+  async up(db) {
+    await db.schema
+      .createTable('tokens')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('name', 'text', (c) => c.notNull())
+      .addColumn('hash', 'text', (c) => c.notNull().unique())
+      .addColumn('scopes', 'text', (c) => c.notNull())
+      .addColumn('limits', 'text')
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('created_by', 'text', (c) => c.notNull())
+      .addColumn('expires_at', 'text')
+      .addColumn('revoked_at', 'text')
+      .addColumn('last_used_at', 'text')
+      .execute();
+    await db.schema
+      .createTable('audit')
+      .addColumn('id', 'integer', (c) => c.primaryKey().autoIncrement())
+      .addColumn('at', 'text', (c) => c.notNull())
+      .addColumn('actor', 'text', (c) => c.notNull())
+      .addColumn('action', 'text', (c) => c.notNull())
+      .addColumn('target', 'text')
+      .addColumn('detail', 'text')
+      .addColumn('address', 'text')
+      .execute();
+    // Who owns a run or session: another principal (unless admin) cannot see it.
+    await db.schema.alterTable('runs').addColumn('owner', 'text', (c) => c.notNull().defaultTo('local')).execute();
+    await db.schema.alterTable('sessions').addColumn('owner', 'text', (c) => c.notNull().defaultTo('local')).execute();
+    await db.schema.createIndex('sessions_owner').on('sessions').column('owner').execute();
   },
 };
 

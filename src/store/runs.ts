@@ -7,7 +7,7 @@ const json = (v: unknown) => (v === undefined ? null : JSON.stringify(v));
 export class RunStore {
   constructor(private readonly db: Db) {}
 
-  async insert(run: Run, request: RunRequest): Promise<void> {
+  async insert(run: Run, request: RunRequest, owner: string): Promise<void> {
     await this.db
       .insertInto('runs')
       .values({
@@ -23,6 +23,7 @@ export class RunStore {
         created_at: run.createdAt,
         started_at: null,
         finished_at: null,
+        owner,
       })
       .execute();
   }
@@ -83,5 +84,6 @@ function fromRow(row: RunsTable): Run {
   if (row.error) run.error = row.error;
   if (row.started_at) run.startedAt = row.started_at;
   if (row.finished_at) run.finishedAt = row.finished_at;
+  run.owner = row.owner;
   return run;
 }

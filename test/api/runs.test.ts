@@ -180,7 +180,7 @@ test('a restart keeps finished runs and marks interrupted ones internal_error', 
   const first = await startTestKiln(config);
   const done = await postRun(first.app, { language: 'python', files: [{ name: 'main.py', content: 'print("kept")' }] });
   // Play a crash: a run left "running" in the store by a server that died.
-  await first.kiln.db.insertInto('runs').values({ id: 'interrupted-1', language: 'python', template: 'host', status: 'running', verdict: null, request: '{}', compile: null, run: null, error: null, created_at: new Date().toISOString(), started_at: new Date().toISOString(), finished_at: null }).execute();
+  await first.kiln.db.insertInto('runs').values({ id: 'interrupted-1', language: 'python', template: 'host', status: 'running', verdict: null, request: '{}', compile: null, run: null, error: null, created_at: new Date().toISOString(), started_at: new Date().toISOString(), finished_at: null, owner: 'local' }).execute();
   await first.close({ keepData: true });
   const second = await startTestKiln(config);
   try {

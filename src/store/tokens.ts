@@ -1,0 +1,140 @@
+/**
+ * API tokens and the audit log in the store. A token is shown once, when it is
+ * made; the store keeps only its SHA-256, so a copy of the database grants
+ * nothing. Revocation is immediate: every request looks the hash up.
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { Db } from './db.js';
+import type { LimitCaps, Scope } from '../auth/principal.js';
+import { notFound } from '../errors.js';
+
+export const TOKEN_PREFIX = 'kiln_';
+
+export interface TokenView {
+  id: string;
+  name: string;
+  scopes: Scope[];
+  limits?: LimitCaps;
+  createdAt: string;
+  createdBy: string;
+  expiresAt?: string;
+  revokedAt?: string;
+  lastUsedAt?: string;
+}
+
+export interface TokenRecord {
+  id: string;
+  scopes: Scope[];
+  limits?: LimitCaps;
+}
+
+export interface AuditEntry {
+  actor: string;
+  action: string;
+  target?: string;
+  detail?: Record<string, unknown>;
+  address?: string;
+}
+
+const sha256 = (s: string) => createHash('sha256').update(s).digest();
+
+/** last_used_at is written at most this often per token: a read-mostly hot path stays read-only. */
+const LAST_USED_WRITE_MS = 60_000;
+
+export class TokenStore {
+  private readonly lastUsedWritten = new Map<string, number>();
+
+  constructor(private readonly db: Db) {}
+
+  /** Make a token; the secret is in the answer and nowhere else. */
+  async create(opts: { name: string; scopes: Scope[]; limits?: LimitCaps; ttlS?: number; actor: string; address?: string }): Promise<{ token: string; view: TokenView }> {
+    const id = `tok_${randomBytes(6).toString('hex')}`;
+    const token = TOKEN_PREFIX + randomBytes(32).toString('base64url');
+    const now = new Date();
+    const row = {
+      id,
+      name: opts.name,
+      hash: sha256(token).toString('hex'),
+      scopes: JSON.stringify(opts.scopes),
+      limits: opts.limits ? JSON.stringify(opts.limits) : null,
+      created_at: now.toISOString(),
+      created_by: opts.actor,
+      expires_at: opts.ttlS === undefined ? null : new Date(now.getTime() + opts.ttlS * 1000).toISOString(),
+      revoked_at: null,
+      last_used_at: null,
+    };
+    await this.db.insertInto('tokens').values(row).execute();
+    await this.audit({ actor: opts.actor, action: 'token.create', target: id, detail: { name: opts.name, scopes: opts.scopes, expiresAt: row.expires_at }, address: opts.address });
+    return { token, view: toView(row) };
+  }
+
+  /** The live token a secret names, or undefined (unknown, revoked or expired). */
+  async verify(token: string): Promise<TokenRecord | undefined> {
+    const digest = sha256(token);
+    const row = await this.db.selectFrom('tokens').selectAll().where('hash', '=', digest.toString('hex')).executeTakeFirst();
+    // The index found the row by hash; compare once more in constant time so no path depends on a secret's bytes.
+    if (!row || !timingSafeEqual(Buffer.from(row.hash, 'hex'), digest)) return undefined;
+    if (row.revoked_at || (row.expires_at && row.expires_at <= new Date().toISOString())) return undefined;
+    const now = Date.now();
+    if (now - (this.lastUsedWritten.get(row.id) ?? 0) > LAST_USED_WRITE_MS) {
+      this.lastUsedWritten.set(row.id, now);
+      await this.db.updateTable('tokens').set({ last_used_at: new Date(now).toISOString() }).where('id', '=', row.id).execute();
+    }
+    return { id: row.id, scopes: JSON.parse(row.scopes) as Scope[], ...(row.limits ? { limits: JSON.parse(row.limits) as LimitCaps } : {}) };
+  }
+
+  async list(): Promise<TokenView[]> {
+    const rows = await this.db.selectFrom('tokens').selectAll().orderBy('created_at').execute();
+    return rows.map(toView);
+  }
+
+  async revoke(id: string, actor: string, address?: string): Promise<TokenView> {
+    const row = await this.db.selectFrom('tokens').selectAll().where('id', '=', id).executeTakeFirst();
+    if (!row) throw notFound('token', id);
+    if (!row.revoked_at) {
+      row.revoked_at = new Date().toISOString();
+      await this.db.updateTable('tokens').set({ revoked_at: row.revoked_at }).where('id', '=', id).execute();
+      await this.audit({ actor, action: 'token.revoke', target: id, address });
+    }
+    return toView(row);
+  }
+
+  async count(): Promise<number> {
+    const r = await this.db.selectFrom('tokens').select((eb) => eb.fn.countAll<number>().as('n')).where('revoked_at', 'is', null).executeTakeFirst();
+    return Number(r?.n ?? 0);
+  }
+
+  async audit(e: AuditEntry): Promise<void> {
+    await this.db
+      .insertInto('audit')
+      .values({ at: new Date().toISOString(), actor: e.actor, action: e.action, target: e.target ?? null, detail: e.detail ? JSON.stringify(e.detail) : null, address: e.address ?? null })
+      .execute();
+  }
+
+  async auditLog(limit: number): Promise<Array<AuditEntry & { id: number; at: string }>> {
+    const rows = await this.db.selectFrom('audit').selectAll().orderBy('id', 'desc').limit(limit).execute();
+    return rows.map((r) => ({
+      id: r.id,
+      at: r.at,
+      actor: r.actor,
+      action: r.action,
+      ...(r.target ? { target: r.target } : {}),
+      ...(r.detail ? { detail: JSON.parse(r.detail) as Record<string, unknown> } : {}),
+      ...(r.address ? { address: r.address } : {}),
+    }));
+  }
+}
+
+function toView(row: { id: string; name: string; scopes: string; limits: string | null; created_at: string; created_by: string; expires_at: string | null; revoked_at: string | null; last_used_at: string | null }): TokenView {
+  return {
+    id: row.id,
+    name: row.name,
+    scopes: JSON.parse(row.scopes) as Scope[],
+    ...(row.limits ? { limits: JSON.parse(row.limits) as LimitCaps } : {}),
+    createdAt: row.created_at,
+    createdBy: row.created_by,
+    ...(row.expires_at ? { expiresAt: row.expires_at } : {}),
+    ...(row.revoked_at ? { revokedAt: row.revoked_at } : {}),
+    ...(row.last_used_at ? { lastUsedAt: row.last_used_at } : {}),
+  };
+}
