@@ -157,6 +157,7 @@ function sendError(reply: FastifyReply, err: unknown, app: FastifyInstance): Fas
   const e = toKilnError(err);
   if (e.status >= 500) app.log.error({ code: e.code, msg: e.message }, 'request failed');
   if (e.retryAfterS !== undefined) reply.header('Retry-After', String(e.retryAfterS));
+  if (e.status === 401) reply.header('WWW-Authenticate', 'Bearer realm="kiln"');
   return reply.code(e.status).type('application/json').send(e.toJSON());
 }
 

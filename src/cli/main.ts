@@ -17,6 +17,8 @@ import type { SessionView } from '../sessions/types.js';
 import { api, followEvents, serverUrl } from './client.js';
 import { printRun } from './output.js';
 import { LOCAL } from '../auth/principal.js';
+import { authRequired } from '../api/auth.js';
+import { registerTokenCommands } from './tokens.js';
 
 interface ServerFlags {
   config?: string;
@@ -74,9 +76,12 @@ export function buildCli(): Command {
 
   serverOptions(program.command('serve').description('start the API server')).action(async (flags: ServerFlags) => {
     const config = configFrom(flags);
+    const required = authRequired(config.auth, config.server.host); // refuses auth off on a public address before anything starts
     const kiln = await startKiln(config, {});
     const app = await buildApi(kiln, { logger: { level: config.server.logLevel } });
     const log = app.log;
+    if (!required) log.warn({ host: config.server.host }, 'auth is off: loopback only, every local caller is admin');
+    else if (!config.auth.jwt && (await kiln.tokens.count()) === 0) log.warn('auth is on and no API token exists yet: make one with kiln token create --scope admin');
     kiln.runs.languages().catch(() => undefined); // probe toolchain versions in the background
     if (kiln.recovered.orphans || kiln.recovered.interruptedRuns) log.warn(kiln.recovered, 'recovered from an earlier crash');
     let stopping = false;
@@ -259,6 +264,8 @@ export function buildCli(): Command {
       }
       process.stdout.write(`${serverUrl()}${location}\n`);
     });
+
+  registerTokenCommands(program, serverOptions, configFrom);
 
   return program;
 }
