@@ -120,3 +120,40 @@ test('kiln serve answers over HTTP and kiln runs create talks to it', async () =
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('kiln token create|ls|revoke on the local store; the server takes the token; auth off on a public address is refused', async () => {
+  const data = join(dir, 'auth-data');
+  const refused = kiln(['serve', '--host', '0.0.0.0', '--port', '0', '--data-dir', data], { KILN_AUTH_ENABLED: 'false' });
+  assert.equal(refused.status, 2);
+  assert.match(refused.stderr, /^kiln: auth is off .* not loopback; turn it on .*kiln token create --scope admin\n$/);
+  assert.equal(kiln(['token', 'ls', '--data-dir', data]).status, 2, 'no store yet: a clear error');
+
+  const port = 17000 + Math.floor(Math.random() * 2000);
+  const server = spawn(process.execPath, [...CLI, 'serve', '--port', String(port), '--data-dir', data], { cwd: dir, env: { ...process.env, KILN_AUTH_ENABLED: 'true', KILN_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  try {
+    const base = `http://127.0.0.1:${port}`;
+    for (let i = 0; i < 200 && !(await fetch(`${base}/healthz`).then((r) => r.ok, () => false)); i++) await new Promise((r) => setTimeout(r, 100));
+    const made = kiln(['token', 'create', '--data-dir', data, '--scope', 'runs:write', '--scope', 'runs:read', '--ttl', '30d', '--name', 'judge']);
+    assert.equal(made.status, 0, made.stderr);
+    const token = made.stdout.trim();
+    assert.match(token, /^kiln_[A-Za-z0-9_-]{43}$/);
+    assert.match(made.stderr, /token tok_[0-9a-f]{12} \(runs:write, runs:read\), expires 20\d\d-/);
+    const ls = kiln(['token', 'ls', '--data-dir', data]);
+    assert.match(ls.stdout, /tok_[0-9a-f]{12}\s+judge\s+runs:write,runs:read\s+active/);
+    assert.ok(!ls.stdout.includes(token));
+    writeFileSync(join(dir, 'six.py'), 'print(6)\n');
+    const denied = kiln(['runs', 'create', 'six.py', '-l', 'python'], { KILN_URL: base, KILN_TOKEN: '' });
+    assert.equal(denied.status, 2);
+    assert.match(denied.stderr, /^kiln: credentials required/);
+    const ok = kiln(['runs', 'create', 'six.py', '-l', 'python'], { KILN_URL: base, KILN_TOKEN: token });
+    assert.equal(ok.stdout, '6\n', ok.stderr);
+    const id = /tok_[0-9a-f]{12}/.exec(ls.stdout)![0];
+    assert.equal(kiln(['token', 'revoke', '--data-dir', data, id]).stdout, `${id} revoked\n`);
+    const after = kiln(['runs', 'create', 'six.py', '-l', 'python'], { KILN_URL: base, KILN_TOKEN: token });
+    assert.match(after.stderr, /^kiln: token unknown, revoked or expired/);
+    assert.equal(kiln(['token', 'create', '--data-dir', data, '--scope', 'root']).status, 2);
+  } finally {
+    server.kill('SIGTERM');
+    await new Promise((r) => server.on('close', r));
+  }
+});
