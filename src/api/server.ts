@@ -50,6 +50,8 @@ export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<Fasti
     },
     logger: opts.logger ?? false,
     bodyLimit: kiln.config.server.bodyLimitBytes,
+    // A URL that does not decode (`%E0%A4%A`) is answered in our error shape too, not Fastify's.
+    frameworkErrors: (err, _req, reply) => void sendError(reply as FastifyReply, err),
   });
 
   // Requests are validated by the services with messages that name the field; schemas here document.
@@ -153,9 +155,9 @@ function readPem(file: string, setting: string): Buffer {
   }
 }
 
-function sendError(reply: FastifyReply, err: unknown, app: FastifyInstance): FastifyReply {
+function sendError(reply: FastifyReply, err: unknown, app?: FastifyInstance): FastifyReply {
   const e = toKilnError(err);
-  if (e.status >= 500) app.log.error({ code: e.code, msg: e.message }, 'request failed');
+  if (e.status >= 500) app?.log.error({ code: e.code, msg: e.message }, 'request failed');
   if (e.retryAfterS !== undefined) reply.header('Retry-After', String(e.retryAfterS));
   if (e.status === 401) reply.header('WWW-Authenticate', 'Bearer realm="kiln"');
   return reply.code(e.status).type('application/json').send(e.toJSON());

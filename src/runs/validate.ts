@@ -4,6 +4,7 @@
  */
 import type { KilnConfig, LanguageConfig } from '../config/schema.js';
 import { invalid, KilnError } from '../errors.js';
+import { argvProblem } from '../sandbox/argv.js';
 import { relativePathProblem } from '../sandbox/paths.js';
 import type { ExecLimits, RunRequest } from './types.js';
 
@@ -70,12 +71,21 @@ export function prepareRun(body: unknown, config: KilnConfig): PreparedRun {
   if (!seen.has(lang.file)) {
     decoded[0] = { name: lang.file, data: decoded[0]!.data };
   }
+  // A name cannot be both a file and the directory of another ("a" and "a/b"): writing them would fail inside kiln.
+  const names = new Set(decoded.map((f) => f.name));
+  for (const [i, f] of decoded.entries()) {
+    for (let cut = f.name.lastIndexOf('/'); cut > 0; cut = f.name.lastIndexOf('/', cut - 1)) {
+      const dir = f.name.slice(0, cut);
+      if (names.has(dir)) throw invalid(`files[${i}].name`, `${JSON.stringify(f.name)} needs a directory ${JSON.stringify(dir)}, but that is another file's name`);
+    }
+  }
 
   if (stdin !== undefined && typeof stdin !== 'string') throw invalid('stdin', 'must be a string');
   if (args !== undefined) {
     if (!Array.isArray(args) || args.some((a) => typeof a !== 'string')) throw invalid('args', 'must be an array of strings');
     if (args.length > MAX_ARGS) throw invalid('args', `at most ${MAX_ARGS} arguments`);
-    if (args.some((a: string) => a.includes('\0'))) throw invalid('args', 'must not contain NUL');
+    const bad = argvProblem(args as string[]);
+    if (bad) throw invalid(`args${bad.at}`, bad.problem);
   }
   if (wait !== undefined && typeof wait !== 'boolean') throw invalid('wait', 'must be true or false');
 

@@ -15,6 +15,7 @@ import type { Runtimes } from '../runtimes/index.js';
 import type { ExecResult } from '../runtimes/types.js';
 import type { Db } from '../store/db.js';
 import { sees, type Principal } from '../auth/principal.js';
+import { argvProblem, envProblem } from '../sandbox/argv.js';
 import { SESSION_STATUS, TRANSITIONS, type SessionRequest, type SessionStatus, type SessionView, type StopReason } from './types.js';
 
 export interface SessionServiceDeps {
@@ -142,7 +143,11 @@ export class SessionService {
       if (v === undefined) continue;
       if (v === null || typeof v !== 'object' || Array.isArray(v) || Object.values(v).some((x) => typeof x !== 'string')) throw invalid(key, 'must be an object of strings');
       if (Object.keys(v).length > 64) throw invalid(key, 'at most 64 entries');
-      if (key === 'env') for (const name of Object.keys(v)) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name) || name.startsWith('KILN_')) throw invalid(`env.${name}`, 'must be a variable name, not starting with KILN_');
+      if (key === 'env') {
+        for (const name of Object.keys(v)) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name) || name.startsWith('KILN_')) throw invalid(`env.${name}`, 'must be a variable name, not starting with KILN_');
+        const bad = envProblem(v as Record<string, string>);
+        if (bad) throw invalid(`env${bad.at}`, bad.problem);
+      }
       req[key] = v as Record<string, string>;
     }
     for (const key of ['idleTimeoutS', 'maxDurationS'] as const) {
@@ -422,7 +427,9 @@ export class SessionService {
     if (body === null || typeof body !== 'object' || Array.isArray(body)) throw invalid('body', 'must be a JSON object');
     const b = body as Record<string, unknown>;
     for (const k of Object.keys(b)) if (!['command', 'stdin', 'timeoutMs'].includes(k)) throw invalid(k, 'unknown field');
-    if (!Array.isArray(b.command) || b.command.length === 0 || b.command.some((c) => typeof c !== 'string' || c.includes('\0'))) throw invalid('command', 'must be a non-empty array of strings');
+    if (!Array.isArray(b.command) || b.command.length === 0 || b.command.some((c) => typeof c !== 'string')) throw invalid('command', 'must be a non-empty array of strings');
+    const bad = argvProblem(b.command as string[]);
+    if (bad) throw invalid(`command${bad.at}`, bad.problem);
     if (b.stdin !== undefined && typeof b.stdin !== 'string') throw invalid('stdin', 'must be a string');
     const max = this.deps.config.runs.maxima.wallMs;
     if (b.timeoutMs !== undefined && (typeof b.timeoutMs !== 'number' || !Number.isInteger(b.timeoutMs) || b.timeoutMs < 1 || b.timeoutMs > max)) throw invalid('timeoutMs', `must be an integer from 1 to ${max}`);

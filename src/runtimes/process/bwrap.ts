@@ -32,6 +32,12 @@ export interface LaunchSpec {
   /** RLIMIT_CPU seconds per process: a backstop under the cgroup CPU deadline ('unlimited' for a session's server). */
   cpuSeconds: number | 'unlimited';
   workDir: string;
+  /**
+   * When set, /work is a fresh tmpfs of this many bytes instead of `workDir`
+   * (a session's sandbox: its files go through execs only, so the host needs
+   * no view of them, and the size cap turns a full disk into ENOSPC).
+   */
+  workTmpfsBytes?: number;
   uid: number;
   gid: number;
   /** Template rootfs dir; when absent, `systemDirs` of the host are bound read-only. */
@@ -68,9 +74,9 @@ export function launchArgv(s: LaunchSpec): string[] {
     String(s.tmpBytes),
     '--tmpfs',
     '/tmp',
-    '--bind-fd',
-    String(WORK_FD),
-    WORK_DIR,
+    ...(s.workTmpfsBytes === undefined
+      ? ['--bind-fd', String(WORK_FD), WORK_DIR]
+      : ['--size', String(s.workTmpfsBytes), '--perms', '0700', '--tmpfs', WORK_DIR]),
     // Everything outside /work, /tmp and /dev is read-only, the root tmpfs bwrap made included.
     '--remount-ro',
     '/',
@@ -82,7 +88,7 @@ export function launchArgv(s: LaunchSpec): string[] {
   for (const [k, v] of Object.entries(s.env)) bwrap.push('--setenv', k, v);
   bwrap.push('--', ...s.command);
   const setpriv = ['setpriv', `--reuid=${s.uid}`, `--regid=${s.gid}`, '--clear-groups', '--no-new-privs', '--'];
-  return ['/bin/sh', '-c', LAUNCHER, 'kiln-launcher', ...s.cgroupProcsFiles, '--', String(s.cpuSeconds), s.workDir, ...setpriv, ...bwrap];
+  return ['/bin/sh', '-c', LAUNCHER, 'kiln-launcher', ...s.cgroupProcsFiles, '--', String(s.cpuSeconds), s.workTmpfsBytes === undefined ? s.workDir : '-', ...setpriv, ...bwrap];
 }
 
 /** Mounts that make `/`: a template rootfs, or the host's system dirs read-only (links kept as links). */

@@ -147,7 +147,8 @@ export class ProcessRuntime implements Runtime {
    * tmpfs page is charged to the memory cgroup of the process that wrote it, so
    * a sandbox can fill its work dir only up to its own memory limit, and the
    * whole root is capped at half the machine's memory. No mount per sandbox:
-   * spawning mount and umount cost a third of a short run.
+   * spawning mount and umount cost a third of a short run. (A sandbox with a
+   * main process instead gets a /work tmpfs capped at `diskMb` from bwrap.)
    */
   private async prepareRoot(): Promise<void> {
     await mkdir(this.opts.sandboxRoot, { recursive: true, mode: 0o711 });
@@ -226,6 +227,8 @@ class ProcessSandbox implements Sandbox {
       cgroupProcsFiles: cg.procsFiles(),
       cpuSeconds: 'unlimited',
       workDir: this.work,
+      // Every later exec enters this sandbox's mount namespace, so they all share this capped /work.
+      workTmpfsBytes: this.spec.limits.diskMb * 1024 * 1024,
       uid: this.opts.uid,
       gid: this.opts.gid,
       rootfs: (this.spec.options as ProcessTemplate | undefined)?.rootfs,
