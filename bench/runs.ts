@@ -4,8 +4,8 @@
  * a raw `bwrap` spawn for the process runtime and a raw Docker API
  * create+start+wait for the docker runtime — with runs/s, p50 and p99.
  */
-import { spawn } from 'node:child_process';
-import { lstatSync, mkdirSync, mkdtempSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, type StdioOptions } from 'node:child_process';
+import { closeSync, lstatSync, mkdirSync, mkdtempSync, openSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +14,7 @@ import { startKiln, type Kiln } from '../src/app.js';
 import { buildApi } from '../src/api/server.js';
 import { DEFAULT_CONFIG } from '../src/config/defaults.js';
 import type { Run } from '../src/runs/types.js';
+import { buildSeccompFilter } from '../src/runtimes/process/seccomp.js';
 import { measure, measurePaired, percentile, summarize, table, type SeriesOptions, type Summary } from './stats.js';
 import { LOCAL } from '../src/auth/principal.js';
 
@@ -28,6 +29,8 @@ const PY_HELLO = { language: 'python', files: [{ name: 'main.py', content: 'prin
 const C_SOURCE = '#include <stdio.h>\nint main(void) { puts("hi"); return 0; }\n';
 const C_HELLO = { language: 'c', files: [{ name: 'main.c', content: C_SOURCE }] };
 const PY_DOCKER_HELLO = { language: 'python-docker', files: [{ name: 'main.py', content: 'print("hi")\n' }] };
+/** A syscall-heavy program: the filter runs on every syscall, so this is where it costs most. */
+const PY_SYSCALLS = ['python3', '-c', 'import os\nfor _ in range(100000): os.stat("/")'];
 
 interface Row {
   name: string;
@@ -77,6 +80,15 @@ export async function benchRuns(opts: RunsBenchOptions): Promise<void> {
         };
 
         bw1 = add('raw bwrap python -c pass c=1', summarize(await measure(series(1), () => rawBwrap(['python3', '-c', 'pass']))));
+        // The seccomp filter's own cost: the same raw bwrap with and without kiln's filter, interleaved call by call.
+        const filterFile = join(tmp, 'seccomp.bpf');
+        writeFileSync(filterFile, buildSeccompFilter());
+        for (const [label, command] of [['python -c pass', ['python3', '-c', 'pass']], ['python 100k stat()', PY_SYSCALLS]] as const) {
+          const [plain, filtered] = await measurePaired(series(1), () => rawBwrap([...command]), () => rawBwrapSeccomp(filterFile, [...command]));
+          const base = add(`raw bwrap ${label} (paired) c=1`, summarize(plain));
+          const withFilter = add(`raw bwrap ${label} + seccomp filter c=1`, summarize(filtered), base);
+          notes.push(`seccomp filter, ${label}: p50 ${withFilter.p50.toFixed(1)} ms vs ${base.p50.toFixed(1)} ms without (${(withFilter.p50 / base.p50).toFixed(3)}× latency)`);
+        }
         // HTTP and in-process calls interleaved, so drift in the machine's load falls on both alike. Runs vary by
         // ±10 ms, more than the API costs, so each HTTP call is also compared with its own time in the service.
         const service = timeService(kiln);
@@ -235,13 +247,13 @@ function bwrapArgv(extra: string[], command: string[]): string[] {
 }
 
 /** Spawn with piped stdio (as kiln does) and require exit 0. */
-function spawnOk(argv: string[]): Promise<void> {
+function spawnOk(argv: string[], stdio: StdioOptions = ['pipe', 'pipe', 'pipe']): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(argv[0]!, argv.slice(1), { stdio });
     let stderr = '';
-    child.stdin.end();
-    child.stdout.resume();
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.stdin!.end();
+    child.stdout!.resume();
+    child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
     child.once('error', reject);
     child.once('close', (code, signal) =>
       code === 0 ? resolve() : reject(new Error(`${argv.slice(argv.indexOf('--') + 1).join(' ')}: exit ${code ?? signal}: ${stderr.trim().slice(0, 300)}`)),
@@ -250,6 +262,16 @@ function spawnOk(argv: string[]): Promise<void> {
 }
 
 const rawBwrap = (command: string[]) => spawnOk(bwrapArgv([], command));
+
+/** rawBwrap with the filter file handed over as fd 3 (opened per call: bwrap reads it from its current offset). */
+async function rawBwrapSeccomp(filterFile: string, command: string[]): Promise<void> {
+  const fd = openSync(filterFile, 'r');
+  try {
+    await spawnOk(bwrapArgv(['--seccomp', '3'], command), ['pipe', 'pipe', 'pipe', fd]);
+  } finally {
+    closeSync(fd);
+  }
+}
 
 let cDirSeq = 0;
 /** What kiln does for C, by hand: a fresh work dir, main.c in it, gcc in one bwrap, ./main in another. */

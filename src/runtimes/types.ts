@@ -19,7 +19,7 @@ export interface SandboxLimits {
   pids: number;
   /** CPU bandwidth, in cores (0.5 = half a core). */
   cpus: number;
-  /** Size cap of the writable work dir and /tmp, in MiB each. */
+  /** Size cap of the writable work dir, /tmp and (process runtime) /dev/shm, in MiB each. */
   diskMb: number;
 }
 

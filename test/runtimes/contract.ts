@@ -145,6 +145,60 @@ print("uid", os.getuid() != 0)
     });
   });
 
+  test(`${rt.name}: hardened: uid 65534, no capabilities, no new privileges, a seccomp filter, no host processes, capped /tmp`, async () => {
+    await withSandbox(async (sb) => {
+      const code = `
+import ctypes, errno, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+def status(pid):
+    return {k: v.strip() for k, v in (l.split(":", 1) for l in open(f"/proc/{pid}/status").read().splitlines())}
+def call(fn, *args):
+    return 0 if fn(*args) >= 0 else errno.errorcode[ctypes.get_errno()]
+def attempt(fn):
+    try:
+        fn(); return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def fill(path, mb):
+    with open(path, "wb") as f:
+        for _ in range(mb):
+            f.write(b"\\0" * (1 << 20)); f.flush()
+procs = []
+for p in os.listdir("/proc"):
+    if p.isdigit():
+        try:
+            s = status(p); procs.append([s["Name"], s["Uid"].split()[0], s["Seccomp"]])
+        except FileNotFoundError:
+            pass
+me = status("self")
+print(json.dumps({
+    "status": [me["Uid"], me["CapEff"], me["NoNewPrivs"], me["Seccomp"]],
+    "mount": call(libc.mount, b"none", b"/tmp", b"tmpfs", 0, None),
+    "unshare_user": call(libc.unshare, 0x10000000),
+    "procs": procs,
+    "write_usr": attempt(lambda: open("/usr/kiln-probe", "w")),
+    "fill_tmp": attempt(lambda: fill("/tmp/big", ${SANDBOX.diskMb + 2})),
+}))
+`;
+      const r = await sb.exec(py(code));
+      assert.equal(r.exitCode, 0, r.stderr.toString());
+      const got = JSON.parse(r.stdout.toString());
+      assert.deepEqual(got.status, ['65534\t65534\t65534\t65534', '0000000000000000', '1', '2']);
+      assert.equal(got.mount, 'EPERM');
+      assert.equal(got.unshare_user, 'EPERM');
+      // Only the sandbox's own few processes, each unprivileged and filtered: nothing of the host's.
+      const procs = got.procs as [string, string, string][];
+      assert.ok(procs.length >= 2 && procs.length <= 4, JSON.stringify(procs));
+      for (const [name, uid, seccomp] of procs) {
+        assert.ok(!/^(node|dockerd|containerd|systemd)/.test(name), `host process ${name} visible`);
+        assert.equal(uid, '65534', `${name} runs as uid ${uid}`);
+        assert.equal(seccomp, '2', `${name} runs without a seccomp filter`);
+      }
+      assert.equal(got.write_usr, 'EROFS');
+      assert.equal(got.fill_tmp, 'ENOSPC');
+    });
+  });
+
   test(`${rt.name}: two sandboxes see neither each other's files nor processes`, async () => {
     await withSandbox(async (a) => {
       await withSandbox(async (b) => {

@@ -4,9 +4,11 @@
  * A root-owned /bin/sh launcher (1) joins the exec's cgroup, so the limits
  * hold before any user code exists, (2) sets rlimits as a backstop, (3) opens
  * the work dir as fd 5 (bwrap binds the fd, so no path is followed as the
- * sandbox user), then (4) drops to the unprivileged uid with no new privileges
- * and execs bubblewrap, which makes new user, pid, net, ipc, uts and cgroup
- * namespaces, drops every capability and runs the command.
+ * sandbox user) and the seccomp filter (a root-only file) as fd 6, then (4)
+ * drops to the unprivileged uid with no new privileges and execs bubblewrap,
+ * which makes new user, pid, net, ipc, uts and cgroup namespaces, drops every
+ * capability, installs the filter just before it execs the command (its own
+ * unshare and mount calls come first) and runs the command.
  */
 import { lstatSync, readlinkSync } from 'node:fs';
 import { WORK_DIR } from '../types.js';
@@ -14,15 +16,24 @@ import { WORK_DIR } from '../types.js';
 /** fd numbers shared by the launcher script and the spawn call. */
 export const STATUS_FD = 3;
 const WORK_FD = 5;
+const SECCOMP_FD = 6;
+/** The enter helper's own executable, run as /proc/self/fd/7 so it need not exist inside the sandbox. */
+const HELPER_FD = 7;
 
 const LAUNCHER = [
-  // $1.. are cgroup.procs files up to "--"; then RLIMIT_CPU seconds; then the work dir (or "-")
+  // $1.. are cgroup.procs files up to "--"; then RLIMIT_CPU seconds; then the work dir (or "-");
+  // then the seccomp filter file; then the enter helper (or "-"); then the command.
   'while [ "$1" != "--" ]; do echo $$ > "$1" || { echo "kiln-launcher: cannot join cgroup $1" >&2; exit 125; }; shift; done; shift',
   'ulimit -c 0',
   'ulimit -t "$1" || exit 125; shift',
   `if [ "$1" != - ]; then exec ${WORK_FD}<"$1" || { echo "kiln-launcher: cannot open work dir" >&2; exit 125; }; fi; shift`,
+  `exec ${SECCOMP_FD}<"$1" || { echo "kiln-launcher: cannot open seccomp filter $1" >&2; exit 125; }; shift`,
+  `if [ "$1" != - ]; then exec ${HELPER_FD}<"$1" || { echo "kiln-launcher: cannot open $1" >&2; exit 125; }; fi; shift`,
   'exec "$@"',
 ].join('\n');
+
+/** What the launcher prints before exiting 125 when it could not set an exec up. */
+export const LAUNCHER_ERROR_PREFIX = 'kiln-launcher: ';
 
 /** The launcher's own environment: nothing of kiln's, nothing of the user's (it runs as root). */
 export const LAUNCHER_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
@@ -43,10 +54,31 @@ export interface LaunchSpec {
   /** Template rootfs dir; when absent, `systemDirs` of the host are bound read-only. */
   rootfs?: string;
   systemDirs: string[];
+  /** Size cap of /tmp and of /dev/shm, bytes each. */
   tmpBytes: number;
+  /** Root-only file holding the seccomp filter (see seccomp.ts). */
+  seccompFile: string;
   env: Record<string, string>;
   cwd: string;
   command: string[];
+}
+
+/**
+ * Host device nodes bound into /dev: nothing else (no full, ptmx/pts, kmsg,
+ * core link). bwrap's own --dev would add full, ptmx and a devpts.
+ */
+const DEVICES = ['null', 'zero', 'random', 'urandom', 'tty'];
+/** /dev itself holds only nodes and links: a small cap, then read-only. */
+const DEV_TMPFS_BYTES = 64 * 1024;
+
+function devArgs(shmBytes: number): string[] {
+  const out = ['--size', String(DEV_TMPFS_BYTES), '--tmpfs', '/dev'];
+  for (const d of DEVICES) out.push('--dev-bind', `/dev/${d}`, `/dev/${d}`);
+  out.push('--symlink', '/proc/self/fd', '/dev/fd');
+  ['stdin', 'stdout', 'stderr'].forEach((name, fd) => out.push('--symlink', `/proc/self/fd/${fd}`, `/dev/${name}`));
+  // POSIX shared memory and semaphores (Python's multiprocessing) live in /dev/shm.
+  out.push('--size', String(shmBytes), '--tmpfs', '/dev/shm', '--remount-ro', '/dev');
+  return out;
 }
 
 /** argv for `spawn(argv[0], argv.slice(1), {stdio: [.., .., .., 'pipe']})`. */
@@ -68,8 +100,7 @@ export function launchArgv(s: LaunchSpec): string[] {
     ...rootArgs(s),
     '--proc',
     '/proc',
-    '--dev',
-    '/dev',
+    ...devArgs(s.tmpBytes),
     '--size',
     String(s.tmpBytes),
     '--tmpfs',
@@ -84,11 +115,13 @@ export function launchArgv(s: LaunchSpec): string[] {
     s.cwd,
     '--json-status-fd',
     String(STATUS_FD),
+    '--seccomp',
+    String(SECCOMP_FD),
   ];
   for (const [k, v] of Object.entries(s.env)) bwrap.push('--setenv', k, v);
   bwrap.push('--', ...s.command);
   const setpriv = ['setpriv', `--reuid=${s.uid}`, `--regid=${s.gid}`, '--clear-groups', '--no-new-privs', '--'];
-  return ['/bin/sh', '-c', LAUNCHER, 'kiln-launcher', ...s.cgroupProcsFiles, '--', String(s.cpuSeconds), s.workTmpfsBytes === undefined ? s.workDir : '-', ...setpriv, ...bwrap];
+  return ['/bin/sh', '-c', LAUNCHER, 'kiln-launcher', ...s.cgroupProcsFiles, '--', String(s.cpuSeconds), s.workTmpfsBytes === undefined ? s.workDir : '-', s.seccompFile, '-', ...setpriv, ...bwrap];
 }
 
 /** Mounts that make `/`: a template rootfs, or the host's system dirs read-only (links kept as links). */
@@ -115,6 +148,10 @@ export interface EnterSpec {
   nsPid: number;
   uid: number;
   gid: number;
+  /** The same filter file as the sandbox's first process got. */
+  seccompFile: string;
+  /** Host path of the static seccomp-exec helper (seccomp-exec.c). */
+  helper: string;
   env: Record<string, string>;
   cwd: string;
   command: string[];
@@ -122,16 +159,23 @@ export interface EnterSpec {
 
 /**
  * argv for an exec inside a live sandbox (one with a main process): the same
- * launcher joins the exec's cgroup, then nsenter enters every namespace of the
- * sandbox and becomes the sandbox uid (which drops all capabilities). The
+ * launcher joins the exec's cgroup and opens the filter and the helper, then
+ * nsenter enters every namespace of the sandbox and becomes the sandbox uid
+ * (which drops all capabilities), and the helper (seccomp-exec.c) sets
+ * no-new-privileges, installs the filter and closes the launcher's fds. The
  * user's environment is set only inside, by env -i, never on a root process.
+ *
+ * Unlike bwrap's first process, such an exec keeps a full capability bounding
+ * set: entering a user namespace resets it and nsenter cannot drop it. It is
+ * inert: no-new-privileges makes exec ignore file capabilities and set-id bits,
+ * so no capability can be regained from it.
  */
 export function enterArgv(s: EnterSpec): string[] {
   const nsenter = ['nsenter', `--target=${s.nsPid}`, '--user', '--mount', '--net', '--pid', '--ipc', '--uts', `--setuid=${s.uid}`, `--setgid=${s.gid}`, '--'];
   const inside = [
-    'setpriv',
-    '--no-new-privs',
-    '--',
+    // After the setns calls, so the filter may deny setns; /proc/self is the sandbox's own /proc by then.
+    `/proc/self/fd/${HELPER_FD}`,
+    String(SECCOMP_FD),
     '/usr/bin/env',
     '-i',
     ...Object.entries(s.env).map(([k, v]) => `${k}=${v}`),
@@ -141,5 +185,5 @@ export function enterArgv(s: EnterSpec): string[] {
     s.cwd,
     ...s.command,
   ];
-  return ['/bin/sh', '-c', LAUNCHER, 'kiln-launcher', ...s.cgroupProcsFiles, '--', String(s.cpuSeconds), '-', ...nsenter, ...inside];
+  return ['/bin/sh', '-c', LAUNCHER, 'kiln-launcher', ...s.cgroupProcsFiles, '--', String(s.cpuSeconds), '-', s.seccompFile, s.helper, ...nsenter, ...inside];
 }

@@ -11,7 +11,7 @@
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, chown, mkdir, readdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
+import { access, chmod, chown, constants as fsConstants, mkdir, readdir, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
 import { totalmem } from 'node:os';
 import { join, posix } from 'node:path';
 import { promisify } from 'node:util';
@@ -21,7 +21,8 @@ import { checkRelativePath } from '../../sandbox/paths.js';
 import type { ExecKill, ExecRequest, ExecResult, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
 import { WORK_DIR } from '../types.js';
 import { Cgroup, detectCgroupMode, listChildren, type CgroupMode } from './cgroups.js';
-import { enterArgv, launchArgv, LAUNCHER_ENV, STATUS_FD } from './bwrap.js';
+import { enterArgv, launchArgv, LAUNCHER_ENV, LAUNCHER_ERROR_PREFIX, STATUS_FD } from './bwrap.js';
+import { buildSeccompFilter, filterDigest } from './seccomp.js';
 import { PortBridges } from '../bridge.js';
 import { decodeExit } from '../kernel.js';
 
@@ -38,7 +39,15 @@ export interface ProcessRuntimeOptions {
   uid: number;
   gid: number;
   systemDirs: string[];
+  /**
+   * The static helper that installs the seccomp filter for execs entering a
+   * live sandbox (built from seccomp-exec.c by scripts/setup).
+   * Default: /usr/local/lib/kiln/seccomp-exec.
+   */
+  seccompHelper?: string;
 }
+
+export const DEFAULT_SECCOMP_HELPER = '/usr/local/lib/kiln/seccomp-exec';
 
 /** Options a process template may set (`templates.<name>` in kiln.yaml). */
 export interface ProcessTemplate {
@@ -64,10 +73,16 @@ export class ProcessRuntime implements Runtime {
   /** Ids being created: not yet live, but no orphan either (the sweep runs while we create). */
   private readonly creating = new Set<string>();
   private rootReady: Promise<void> | undefined;
+  /** The seccomp filter, written once per runtime under the sandbox root (see prepareRoot). */
+  private readonly filter = buildSeccompFilter();
+  private readonly seccompFile: string;
+  private readonly helper: string;
 
   constructor(private readonly opts: ProcessRuntimeOptions) {
     this.sandboxesDir = join(opts.sandboxRoot, opts.instanceId);
     this.cgroupBase = `kiln/${opts.instanceId}`;
+    this.seccompFile = join(opts.sandboxRoot, `seccomp-${filterDigest(this.filter)}.bpf`);
+    this.helper = opts.seccompHelper ?? DEFAULT_SECCOMP_HELPER;
   }
 
   async check(): Promise<RuntimeCheck> {
@@ -80,6 +95,8 @@ export class ProcessRuntime implements Runtime {
     }
     if (!this.mode) fix.push('mount cgroups (v2 at /sys/fs/cgroup, or v1 memory/pids/cpu controllers)');
     if (process.getuid?.() !== 0) fix.push('run kiln as root: it makes cgroups, mounts size-capped work dirs and drops to an unprivileged uid');
+    const missing = await helperProblem(this.helper);
+    if (missing) fix.push(`${missing} (execs into session sandboxes need it)`);
     if (fix.length === 0) {
       try {
         const sb = await this.create({ template: 'doctor', limits: { cpus: 1, memoryMb: 64, pids: 16, diskMb: 1 } });
@@ -129,7 +146,8 @@ export class ProcessRuntime implements Runtime {
       await rm(dir, { recursive: true, force: true });
       throw new KilnError('sandbox_failed', `process runtime: cannot create sandbox: ${(e as Error).message}`, 500, { cause: e });
     }
-    const sb = new ProcessSandbox(id, dir, work, cgroup, spec, this.opts, mode, () => this.live.delete(sb));
+    const files = { seccompFile: this.seccompFile, helper: this.helper };
+    const sb = new ProcessSandbox(id, dir, work, cgroup, spec, this.opts, files, mode, () => this.live.delete(sb));
     this.live.add(sb);
     if (spec.main) {
       try {
@@ -163,6 +181,11 @@ export class ProcessRuntime implements Runtime {
     await chmod(this.opts.sandboxRoot, 0o711);
     await mkdir(this.sandboxesDir, { recursive: true, mode: 0o711 });
     await chmod(this.sandboxesDir, 0o711);
+    // The filter file is named by its content, so instances sharing the root share it; written
+    // whole and renamed into place, readable by root only (the launcher opens it before dropping to the sandbox uid).
+    const tmp = `${this.seccompFile}.${process.pid}.${randomBytes(4).toString('hex')}`;
+    await writeFile(tmp, this.filter, { mode: 0o600, flag: 'wx' });
+    await rename(tmp, this.seccompFile);
   }
 
   async listOwn(): Promise<string[]> {
@@ -186,6 +209,42 @@ export class ProcessRuntime implements Runtime {
     if (this.live.size > 0) return;
     await rmdir(this.sandboxesDir).catch(() => undefined);
     if (this.mode) await Cgroup.attach(this.mode, this.cgroupBase).removeIfEmpty();
+  }
+}
+
+/** How often startMain looks whether bwrap has finished building the sandbox, ms. */
+const SETUP_POLL_MS = 2;
+
+/**
+ * Wait until bwrap's pid 1 (`nsPid`) has forked the command. bwrap reports the
+ * pid as soon as it exists, before it has built the root, mounted /proc and
+ * entered the nested user namespace; it forks the command only after all of
+ * that. An exec entering earlier would see a half-built sandbox (the host's
+ * files, the outer user namespace). False when the sandbox died first.
+ */
+async function setupFinished(nsPid: number, exited: Promise<void>): Promise<boolean> {
+  let gone = false;
+  void exited.then(() => (gone = true));
+  const children = `/proc/${nsPid}/task/${nsPid}/children`;
+  while (!gone) {
+    const text = await readFile(children, 'utf8').catch(() => undefined);
+    if (text === undefined) return false;
+    if (text.trim() !== '') return true;
+    await new Promise((r) => setTimeout(r, SETUP_POLL_MS));
+  }
+  return false;
+}
+
+/** What the helper prints before exiting 125 when it could not install the filter. */
+const HELPER_ERROR_PREFIX = 'kiln-seccomp-exec: ';
+
+/** Why the seccomp helper cannot be used, or undefined when it can. */
+async function helperProblem(helper: string): Promise<string | undefined> {
+  try {
+    await access(helper, fsConstants.X_OK);
+    return undefined;
+  } catch {
+    return `the seccomp helper ${helper} is missing or not executable: run scripts/setup, which builds it`;
   }
 }
 
@@ -213,6 +272,7 @@ class ProcessSandbox implements Sandbox {
     private readonly cgroup: Cgroup,
     private readonly spec: SandboxSpec,
     private readonly opts: ProcessRuntimeOptions,
+    private readonly files: { seccompFile: string; helper: string },
     private readonly mode: CgroupMode,
     private readonly onDestroy: () => void,
   ) {
@@ -234,6 +294,7 @@ class ProcessSandbox implements Sandbox {
       rootfs: (this.spec.options as ProcessTemplate | undefined)?.rootfs,
       systemDirs: this.opts.systemDirs,
       tmpBytes: this.spec.limits.diskMb * 1024 * 1024,
+      seccompFile: this.files.seccompFile,
       env: { ...BASE_ENV, ...this.spec.env, ...main.env },
       cwd: WORK_DIR,
       command: main.command,
@@ -253,7 +314,9 @@ class ProcessSandbox implements Sandbox {
       });
       child.once('close', () => resolve(undefined));
     });
-    if (nsPid === undefined) throw new KilnError('sandbox_failed', `process runtime: the sandbox did not start: ${log.text().trim().slice(-500)}`, 500);
+    if (nsPid === undefined || !(await setupFinished(nsPid, this.mainExited))) {
+      throw new KilnError('sandbox_failed', `process runtime: the sandbox did not start: ${log.text().trim().slice(-500)}`, 500);
+    }
     this.main = { child, nsPid, log };
   }
 
@@ -290,8 +353,17 @@ class ProcessSandbox implements Sandbox {
     const cwd = req.cwd ? posix.resolve(WORK_DIR, req.cwd) : WORK_DIR;
     const env = { ...BASE_ENV, ...this.spec.env, ...req.env };
     const cpuSeconds = Math.ceil(limits.cpuMs / 1000) + 1;
+    const { seccompFile, helper } = this.files;
+    if (this.main) {
+      // Fail closed: an exec beside a server never runs without the filter.
+      const missing = await helperProblem(helper);
+      if (missing) {
+        await cg.remove();
+        throw new KilnError('runtime_unavailable', `process runtime: ${missing}`, 503);
+      }
+    }
     const argv = this.main
-      ? enterArgv({ cgroupProcsFiles: cg.procsFiles(), cpuSeconds, nsPid: this.main.nsPid, uid: this.opts.uid, gid: this.opts.gid, env, cwd, command: req.command })
+      ? enterArgv({ cgroupProcsFiles: cg.procsFiles(), cpuSeconds, nsPid: this.main.nsPid, uid: this.opts.uid, gid: this.opts.gid, seccompFile, helper, env, cwd, command: req.command })
       : launchArgv({
       cgroupProcsFiles: cg.procsFiles(),
       cpuSeconds,
@@ -301,6 +373,7 @@ class ProcessSandbox implements Sandbox {
       rootfs: (this.spec.options as ProcessTemplate | undefined)?.rootfs,
       systemDirs: this.opts.systemDirs,
       tmpBytes: lim.diskMb * 1024 * 1024,
+      seccompFile,
       env,
       cwd,
       command: req.command,
@@ -347,10 +420,10 @@ class ProcessSandbox implements Sandbox {
     const usage = await cg.usage();
     await cg.remove();
     if (exit.spawnError) throw new KilnError('sandbox_failed', `process runtime: cannot start bwrap: ${exit.spawnError.message}`, 500);
-    const head = stderr.toBuffer().subarray(0, 9).toString();
-    const setupFailed = this.main
-      ? exit.code === 1 && head.startsWith('nsenter: ')
-      : !status.includes('child-pid') || (exit.code === 1 && head.startsWith('bwrap: '));
+    const head = stderr.toBuffer().subarray(0, 32).toString();
+    const setupFailed =
+      (exit.code === 125 && (head.startsWith(LAUNCHER_ERROR_PREFIX) || head.startsWith(HELPER_ERROR_PREFIX))) ||
+      (this.main ? exit.code === 1 && head.startsWith('nsenter: ') : !status.includes('child-pid') || (exit.code === 1 && head.startsWith('bwrap: ')));
     if (killedBy === null && setupFailed) {
       // bwrap (or the launcher) failed before the command existed: our fault, not the program's.
       // (A program printing "bwrap: " and exiting 1 only turns its own run into an internal error.)
