@@ -1,5 +1,5 @@
 /** The `kiln` command as a user runs it: real processes, real sandboxes, a real server on loopback. */
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
@@ -8,6 +8,7 @@ import { join } from 'node:path';
 
 const CLI = ['--import', import.meta.resolve('tsx'), join(import.meta.dirname, '..', 'src', 'cli', 'dev.ts')];
 const dir = mkdtempSync(join(tmpdir(), 'kiln-cli-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
 
 function kiln(args: string[], env: Record<string, string> = {}) {
   return spawnSync(process.execPath, [...CLI, ...args], { cwd: dir, encoding: 'utf8', env: { ...process.env, ...env }, timeout: 120_000 });
@@ -117,7 +118,6 @@ test('kiln serve answers over HTTP and kiln runs create talks to it', async () =
   } finally {
     server.kill('SIGTERM');
     await new Promise((r) => server.once('close', r));
-    rmSync(dir, { recursive: true, force: true });
   }
 });
 

@@ -3,7 +3,8 @@
  * refused. Routes declare what they need in `config.access`:
  *   - a scope ('runs:write', …): a credential holding it (admin holds all);
  *   - 'authenticated': any valid credential (the default, so a new route is closed);
- *   - 'public': no credential needed (health checks, deep links, CORS preflight).
+ *   - 'public': no credential needed, but one that is sent must be valid (deep links);
+ *   - 'none': credentials are not even looked at (health checks: a probe with a stale header still works).
  * With auth off (loopback only) every caller is the local admin.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
@@ -13,7 +14,7 @@ import { TOKEN_PREFIX, type TokenStore } from '../store/tokens.js';
 import { KilnError } from '../errors.js';
 import { FixedWindow } from './protect.js';
 
-export type Access = Scope | 'authenticated' | 'public';
+export type Access = Scope | 'authenticated' | 'public' | 'none';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -48,12 +49,12 @@ export class Authenticator {
     if (!this.opts.enabled) return LOCAL;
     const header = req.headers.authorization;
     if (header === undefined) return undefined;
-    const wait = this.failures.peek(req.ip);
-    if (wait > 0) throw new KilnError('rate_limited', `too many failed credentials from this address; retry in ${wait} s`, 429, { retryAfterS: wait });
     try {
       return await this.verify(header);
     } catch (e) {
-      this.failures.take(req.ip);
+      // Counted per address, and only failures: a valid credential behind the same NAT is never locked out.
+      const wait = this.failures.take(req.ip);
+      if (wait > 0) throw new KilnError('rate_limited', `too many failed credentials from this address; retry in ${wait} s`, 429, { retryAfterS: wait });
       throw e;
     }
   }
@@ -79,6 +80,10 @@ export class Authenticator {
     app.decorateRequest('principal', null as unknown as Principal);
     app.addHook('onRequest', async (req) => {
       const access: Access = req.routeOptions.config?.access ?? 'authenticated';
+      if (access === 'none') {
+        req.principal = anonymous(req.ip);
+        return;
+      }
       const p = await this.credentials(req);
       if (access === 'public') {
         req.principal = p ?? anonymous(req.ip);

@@ -78,8 +78,8 @@ export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<Fasti
   await app.register(swaggerUi, { routePrefix: '/docs' });
   app.addSchema(ErrorSchema);
 
-  app.get('/healthz', { schema: { hide: true }, config: { access: 'public' } }, async () => ({ ok: true }));
-  app.get('/readyz', { schema: { hide: true }, config: { access: 'public' } }, async (_req, reply) => {
+  app.get('/healthz', { schema: { hide: true }, config: { access: 'none' } }, async () => ({ ok: true }));
+  app.get('/readyz', { schema: { hide: true }, config: { access: 'none' } }, async (_req, reply) => {
     const ok = await storeReady(kiln.db);
     return reply.code(ok ? 200 : 503).send({ ok });
   });
