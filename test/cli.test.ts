@@ -58,6 +58,15 @@ test('kiln doctor and kiln config', () => {
   assert.equal(d.status, 0);
   const c = kiln(['config', '--port', '7171']);
   assert.match(c.stdout, /port: 7171/);
+  // Secret env reaches the sandbox, never the printed config.
+  const file = join(dir, 'secret.yaml');
+  writeFileSync(file, 'templates:\n  host: { runtime: process, env: { PLAIN: visible }, secretEnv: { API_KEY: s3cr3t-value } }\n');
+  const shown = kiln(['config', '--config', file]);
+  assert.match(shown.stdout, /API_KEY: "\*\*\*"/);
+  assert.match(shown.stdout, /PLAIN: visible/);
+  assert.ok(!shown.stdout.includes('s3cr3t-value'));
+  writeFileSync(join(dir, 'env.py'), 'import os; print(os.environ["API_KEY"])\n');
+  assert.equal(kiln(['run', 'env.py', '--config', file]).stdout, 's3cr3t-value\n');
 });
 
 test('kiln serve answers over HTTP and kiln runs create talks to it', async () => {

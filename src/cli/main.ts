@@ -36,6 +36,13 @@ function configFrom(flags: ServerFlags): KilnConfig {
   return loadConfig({ file: flags.config, flags: { 'server.host': flags.host, 'server.port': port, 'server.dataDir': flags.dataDir } }).config;
 }
 
+/** The configuration as `kiln config` shows it: secret values replaced by ***. */
+export function redactSecrets(config: KilnConfig): KilnConfig {
+  const out = structuredClone(config);
+  for (const t of Object.values(out.templates)) if (t.secretEnv) for (const k of Object.keys(t.secretEnv)) t.secretEnv[k] = '***';
+  return out;
+}
+
 const serverOptions = (cmd: Command) =>
   cmd
     .option('--config <file>', 'config file (default ./kiln.yaml if present; env KILN_CONFIG)')
@@ -104,7 +111,7 @@ export function buildCli(): Command {
   });
 
   serverOptions(program.command('config').description('print the effective configuration')).action((flags: ServerFlags) => {
-    process.stdout.write(toYaml(configFrom(flags)));
+    process.stdout.write(toYaml(redactSecrets(configFrom(flags))));
   });
 
   serverOptions(program.command('doctor').description('tell which runtimes work here and how to fix the rest')).action(async (flags: ServerFlags) => {

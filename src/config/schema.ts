@@ -45,6 +45,8 @@ export const TemplateSchema = Type.Object(
     rootfs: Type.Optional(Type.String({ minLength: 1 })),
     /** Environment for every command in the sandbox. */
     env: Type.Optional(Type.Record(Type.String(), Type.String())),
+    /** Environment like `env`, but secret: shown as *** by `kiln config`, never in logs, listings or errors. */
+    secretEnv: Type.Optional(Type.Record(Type.String(), Type.String())),
     /** Sandbox limits; unset fields come from `sandboxDefaults`. */
     limits: Type.Optional(Type.Partial(SandboxLimitsSchema)),
     /** Session server: the command started in every sandbox of this template. */

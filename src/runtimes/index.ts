@@ -50,7 +50,7 @@ export class Runtimes {
     const options: Record<string, unknown> = {};
     if (t.image) options.image = t.image;
     if (t.rootfs) options.rootfs = t.rootfs;
-    return { runtime: this.get(t.runtime), spec: { template: templateName, limits, env: t.env, options } };
+    return { runtime: this.get(t.runtime), spec: { template: templateName, limits, env: t.secretEnv ? { ...t.env, ...t.secretEnv } : t.env, options } };
   }
 
   async reapOrphans(): Promise<number> {
