@@ -120,10 +120,19 @@ export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<Fasti
   app.get('/v1/sessions', { config: { access: 'sessions:read' } }, async (req) => kiln.sessions.list(req.principal));
   app.post('/v1/sessions', { config: { access: 'sessions:write' } }, async (req, reply) => reply.code(201).send(await kiln.sessions.create(req.body, req.principal)));
   app.get<{ Params: { id: string } }>('/v1/sessions/:id', { config: { access: 'sessions:read' } }, async (req) => kiln.sessions.get(req.params.id, req.principal));
-  app.delete<{ Params: { id: string } }>('/v1/sessions/:id', { config: { access: 'sessions:write' } }, async (req) => kiln.sessions.remove(req.params.id, req.principal));
-  app.post<{ Params: { id: string } }>('/v1/sessions/:id/exec', { config: { access: 'sessions:write' } }, async (req) =>
-    toStage(await kiln.sessions.exec(req.params.id, req.body, req.principal)),
-  );
+  // An admin acting in another principal's session is an admin action: it goes to the audit log.
+  const auditForeign = async (req: FastifyRequest, action: string, id: string) => {
+    const owner = (await kiln.sessions.get(id, req.principal)).owner;
+    if (owner !== req.principal.id) await kiln.tokens.audit({ actor: req.principal.id, action, target: id, detail: { owner }, address: req.ip });
+  };
+  app.delete<{ Params: { id: string } }>('/v1/sessions/:id', { config: { access: 'sessions:write' } }, async (req) => {
+    await auditForeign(req, 'session.delete', req.params.id);
+    return kiln.sessions.remove(req.params.id, req.principal);
+  });
+  app.post<{ Params: { id: string } }>('/v1/sessions/:id/exec', { config: { access: 'sessions:write' } }, async (req) => {
+    await auditForeign(req, 'session.exec', req.params.id);
+    return toStage(await kiln.sessions.exec(req.params.id, req.body, req.principal));
+  });
   app.get<{ Params: { id: string } }>('/v1/sessions/:id/events', { config: { access: 'sessions:read' } }, async (req, reply) => {
     await kiln.sessions.get(req.params.id, req.principal);
     streamSessionEvents(kiln, req.params.id, req, reply);
@@ -134,10 +143,12 @@ export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<Fasti
     files.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
     files.put<{ Params: { id: string; '*': string } }>('/v1/sessions/:id/files/*', { config: { access: 'sessions:write' } }, async (req, reply) => {
       const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
+      await auditForeign(req, 'session.file_put', req.params.id);
       await kiln.sessions.putFile(req.params.id, req.params['*'], body, req.principal);
       return reply.code(204).send();
     });
     files.get<{ Params: { id: string; '*': string } }>('/v1/sessions/:id/files/*', { config: { access: 'sessions:read' } }, async (req, reply) => {
+      await auditForeign(req, 'session.file_get', req.params.id);
       const data = await kiln.sessions.getFile(req.params.id, req.params['*'], req.principal);
       return reply.type('application/octet-stream').send(data);
     });

@@ -75,6 +75,7 @@ export class LiveSession {
       expiresAt: new Date(this.createdAt + this.maxDurationS * 1000).toISOString(),
       lastActivityAt: new Date(this.lastActivity).toISOString(),
       idleTimeoutS: this.idleTimeoutS,
+      owner: this.owner,
     };
     if (withToken) v.token = this.token;
     if (this.metadata) v.metadata = this.metadata;
@@ -397,6 +398,7 @@ export class SessionService {
       expiresAt: row.expires_at,
       lastActivityAt: row.last_activity_at,
       idleTimeoutS: row.idle_timeout_s,
+      owner: row.owner,
       ...(row.stopped_at ? { stoppedAt: row.stopped_at } : {}),
       ...(row.error ? { error: row.error } : {}),
     };

@@ -42,6 +42,8 @@ export interface SessionView {
   expiresAt: string;
   lastActivityAt: string;
   idleTimeoutS: number;
+  /** Principal that created it (`token:<id>`, `jwt:<iss>:<sub>`, `anon:<address>`, `local`). */
+  owner: string;
   stoppedAt?: string;
   error?: string;
 }

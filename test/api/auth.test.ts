@@ -152,7 +152,11 @@ describe('auth', () => {
     const ex = await call('POST', `/v1/sessions/${id}/exec`, { token: tok.alice, body: { command: ['sh', '-c', 'echo mine'] } });
     assert.equal(ex.body.stdout, 'mine\n');
     assert.ok((await call('GET', '/v1/sessions', { token: tok.admin })).body.some((v: { id: string }) => v.id === id));
+    assert.equal((await call('GET', `/v1/sessions/${id}`, { token: tok.alice })).body.owner, `token:${(await t.kiln.tokens.list()).find((x) => x.name === 'alice')!.id}`);
     assert.equal((await call('DELETE', `/v1/sessions/${id}`, { token: tok.admin })).status, 200);
+    const audit = (await call('GET', '/v1/audit', { token: tok.admin })).body as Array<{ action: string; target: string }>;
+    assert.ok(audit.some((e) => e.action === 'session.delete' && e.target === id), 'an admin ending another principal\'s session is audited');
+    assert.ok(!audit.some((e) => e.action === 'session.exec' && e.target === id), 'the owner\'s own exec is not an admin action');
   });
 
   test('a JWT limits claim caps what its holder may ask for', async () => {
