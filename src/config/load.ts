@@ -101,8 +101,8 @@ function check(config: unknown, source: string): void {
     }
   }
   for (const [name, t] of Object.entries(cfg.templates)) {
-    if (t.runtime === 'docker' && !t.image) {
-      throw new KilnError('invalid_config', `${source}: "templates.${name}.image" is required for runtime docker`);
+    if ((t.runtime === 'docker' || t.runtime === 'gvisor') && !t.image) {
+      throw new KilnError('invalid_config', `${source}: "templates.${name}.image" is required for runtime ${t.runtime}`);
     }
     if ((t.command === undefined) !== (t.port === undefined)) {
       throw new KilnError('invalid_config', `${source}: "templates.${name}" needs both command and port to serve sessions, or neither`);
