@@ -194,6 +194,10 @@ class DockerSandbox implements Sandbox {
   }
 
   async portSocket(port: number): Promise<string> {
+    if (this.sentry) {
+      // The bridge enters the host network namespace; under runsc the sandbox's loopback lives in gVisor's netstack instead.
+      throw new KilnError('runtime_unsupported', `runtime ${this.runtime} cannot serve port ${port}: its network is inside gVisor, out of reach of kiln's bridge; use runtime docker for session templates`, 501);
+    }
     return this.bridges.open(this.nsPid, port);
   }
 
