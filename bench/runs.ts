@@ -2,7 +2,8 @@
  * The runs benchmark: a real kiln (SQLite store on a temp data dir, HTTP on a
  * random loopback port) against baselines measured in the same process —
  * a raw `bwrap` spawn for the process runtime and a raw Docker API
- * create+start+wait for the docker runtime — with runs/s, p50 and p99.
+ * create+start+wait for the docker runtime (and the same with
+ * `Runtime: runsc` for the gvisor runtime) — with runs/s, p50 and p99.
  */
 import { spawn, type StdioOptions } from 'node:child_process';
 import { closeSync, lstatSync, mkdirSync, mkdtempSync, openSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
@@ -31,6 +32,7 @@ const C_HELLO = { language: 'c', files: [{ name: 'main.c', content: C_SOURCE }] 
 const PY_DOCKER_HELLO = { language: 'python-docker', files: [{ name: 'main.py', content: 'print("hi")\n' }] };
 /** A syscall-heavy program: the filter runs on every syscall, so this is where it costs most. */
 const PY_SYSCALLS = ['python3', '-c', 'import os\nfor _ in range(100000): os.stat("/")'];
+const PY_GVISOR_HELLO = { language: 'python-gvisor', files: [{ name: 'main.py', content: 'print("hi")\n' }] };
 
 interface Row {
   name: string;
@@ -135,6 +137,10 @@ export async function benchRuns(opts: RunsBenchOptions): Promise<void> {
             add('kiln python-docker HTTP c=1', summarize(await measure(series(1), http)), d1);
             const d2 = add('raw docker create+start+wait c=2', summarize(await measure(series(2), () => rawDocker(docker))));
             add('kiln python-docker HTTP c=2', summarize(await measure(series(2), http)), d2);
+            // gvisor (c=1 only: each start boots a sentry, ~1 s on this kind of machine).
+            const gHttp = async () => void checkOk(await postRun(base, PY_GVISOR_HELLO));
+            const g1 = add('raw docker runsc create+start+wait c=1', summarize(await measure(series(1), () => rawDocker(docker, 'runsc'))));
+            add('kiln python-gvisor HTTP c=1', summarize(await measure(series(1), gHttp)), g1);
           } catch (e) {
             failed = true;
             console.log(`  docker: FAILED — ${(e as Error).message}`);
@@ -303,19 +309,19 @@ async function dockerMissing(docker: Docker): Promise<string | undefined> {
   return undefined;
 }
 
-/** The Docker baseline: create, start, wait for and remove one `python3 -c pass` container with no network. */
-async function rawDocker(docker: Docker): Promise<void> {
+/** The Docker baseline: create, start, wait for and remove one `python3 -c pass` container with no network, under `ociRuntime`. */
+async function rawDocker(docker: Docker, ociRuntime = 'runc'): Promise<void> {
   const container = await docker.createContainer({
     Image: DOCKER_IMAGE,
     Cmd: ['python3', '-c', 'pass'],
     Labels: { 'kiln.bench': 'raw' },
     NetworkDisabled: true,
-    HostConfig: { NetworkMode: 'none' },
+    HostConfig: { NetworkMode: 'none', Runtime: ociRuntime },
   });
   try {
     await container.start();
     const { StatusCode } = (await container.wait()) as { StatusCode: number };
-    if (StatusCode !== 0) throw new Error(`raw docker python3 -c pass: exit ${StatusCode}`);
+    if (StatusCode !== 0) throw new Error(`raw docker (${ociRuntime}) python3 -c pass: exit ${StatusCode}`);
   } finally {
     await container.remove({ force: true });
   }

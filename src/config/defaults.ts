@@ -53,6 +53,8 @@ export const DEFAULT_CONFIG: KilnConfig = {
   templates: {
     host: { runtime: 'process' },
     'py-docker': { runtime: 'docker', image: 'kiln-python:local' },
+    // The same image under gVisor: the sandbox's system calls meet gVisor's kernel, not the host's.
+    'py-gvisor': { runtime: 'gvisor', image: 'kiln-python:local' },
     // A demo that works out of the box: a page whose WebSocket echoes, on the host's Python.
     'demo-web': {
       runtime: 'process',
@@ -100,5 +102,6 @@ export const DEFAULT_CONFIG: KilnConfig = {
       version: ['java', '-version'],
     },
     'python-docker': { template: 'py-docker', file: 'main.py', run: ['python3', 'main.py'], version: ['python3', '--version'] },
+    'python-gvisor': { template: 'py-gvisor', file: 'main.py', run: ['python3', 'main.py'], version: ['python3', '--version'] },
   },
 };

@@ -38,8 +38,8 @@ export const SandboxLimitsSchema = Type.Object(
 
 export const TemplateSchema = Type.Object(
   {
-    runtime: Type.Union([Type.Literal('process'), Type.Literal('docker')]),
-    /** docker: image to run (built locally; never pulled). */
+    runtime: Type.Union([Type.Literal('process'), Type.Literal('docker'), Type.Literal('gvisor')]),
+    /** docker, gvisor: image to run (built locally; never pulled). */
     image: Type.Optional(Type.String({ minLength: 1 })),
     /** process: a root filesystem directory to use instead of the host's system dirs. */
     rootfs: Type.Optional(Type.String({ minLength: 1 })),

@@ -6,6 +6,7 @@ import type { KilnConfig, TemplateConfig } from '../config/schema.js';
 import { KilnError } from '../errors.js';
 import { ProcessRuntime } from './process/driver.js';
 import { DockerRuntime } from './docker/driver.js';
+import { GvisorRuntime } from './gvisor/driver.js';
 import type { Runtime, RuntimeCheck, SandboxLimits, SandboxSpec } from './types.js';
 
 export class Runtimes {
@@ -20,6 +21,8 @@ export class Runtimes {
     this.drivers.set('process', new ProcessRuntime({ instanceId, sandboxRoot, uid: p.uid, gid: p.gid, systemDirs: p.systemDirs }));
     const d = config.runtimes.docker;
     this.drivers.set('docker', new DockerRuntime({ instanceId, socketPath: d.socketPath, ociRuntime: d.ociRuntime }));
+    // Same engine as docker, with runsc: containers carry kiln.runtime so neither driver reaps the other's.
+    this.drivers.set('gvisor', new GvisorRuntime({ instanceId, socketPath: d.socketPath }));
   }
 
   get(name: string): Runtime {

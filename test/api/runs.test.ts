@@ -195,24 +195,26 @@ test('a restart keeps finished runs and marks interrupted ones internal_error', 
   }
 });
 
-test('python on the docker runtime: by language and by template, with verdicts from the kernel', async () => {
-  const hello = await postRun(t.app, { language: 'python-docker', files: [{ name: 'main.py', content: 'print("hello from docker")' }] });
-  assert.equal(hello.body.verdict, 'ok', JSON.stringify(hello.body));
-  assert.equal(hello.body.run.stdout, 'hello from docker\n');
-  assert.equal(hello.body.template, 'py-docker');
-  const byTemplate = await postRun(t.app, { language: 'python', template: 'py-docker', files: [{ name: 'main.py', content: 'import sys; print(sys.version_info[0])' }] });
-  assert.equal(byTemplate.body.run.stdout, '3\n');
-  const cases: [string, object, string][] = [
-    ['while True: pass', { wallMs: 500, cpuMs: 400 }, 'timeout'],
-    ['x = bytearray(1 << 30)', { memoryMb: 64 }, 'memory_limit'],
-    ['import sys\nwhile True: sys.stdout.write("z" * 65536)', { outputBytes: 100000 }, 'output_limit'],
-    ['import socket\ns = socket.socket(); s.settimeout(1); s.connect(("127.0.0.1", 7070))', {}, 'runtime_error'],
-  ];
-  for (const [content, limits, verdict] of cases) {
-    const r = await postRun(t.app, { language: 'python-docker', files: [{ name: 'main.py', content }], limits });
-    assert.equal(r.body.verdict, verdict, content);
-  }
-});
+for (const runtime of ['docker', 'gvisor']) {
+  test(`python on the ${runtime} runtime: by language and by template, with verdicts from the kernel`, async () => {
+    const hello = await postRun(t.app, { language: `python-${runtime}`, files: [{ name: 'main.py', content: `print("hello from ${runtime}")` }] });
+    assert.equal(hello.body.verdict, 'ok', JSON.stringify(hello.body));
+    assert.equal(hello.body.run.stdout, `hello from ${runtime}\n`);
+    assert.equal(hello.body.template, `py-${runtime}`);
+    const byTemplate = await postRun(t.app, { language: 'python', template: `py-${runtime}`, files: [{ name: 'main.py', content: 'import sys; print(sys.version_info[0])' }] });
+    assert.equal(byTemplate.body.run.stdout, '3\n');
+    const cases: [string, object, string][] = [
+      ['while True: pass', { wallMs: 500, cpuMs: 400 }, 'timeout'],
+      ['x = bytearray(1 << 30)', { memoryMb: 64 }, 'memory_limit'],
+      ['import sys\nwhile True: sys.stdout.write("z" * 65536)', { outputBytes: 100000 }, 'output_limit'],
+      ['import socket\ns = socket.socket(); s.settimeout(1); s.connect(("127.0.0.1", 7070))', {}, 'runtime_error'],
+    ];
+    for (const [content, limits, verdict] of cases) {
+      const r = await postRun(t.app, { language: `python-${runtime}`, files: [{ name: 'main.py', content }], limits });
+      assert.equal(r.body.verdict, verdict, `${runtime}: ${content}`);
+    }
+  });
+}
 
 test("from inside a run, the server's own port is unreachable, and a fork bomb leaves the server answering", async () => {
   const address = t.app.server.listening ? t.app.server.address() : (await t.app.listen({ port: 0, host: '127.0.0.1' }), t.app.server.address());

@@ -39,6 +39,8 @@ test('config: unknown and mistyped keys name the key and the file', () => {
     ['server: { port: "x" }', /b\.yaml: "server\.port" expected integer/],
     ['languages: { go: { template: nope, file: main.go, run: [go] } }', /"languages\.go\.template" names unknown template "nope"/],
     ['templates: { d: { runtime: docker } }', /"templates\.d\.image" is required/],
+    ['templates: { g: { runtime: gvisor } }', /"templates\.g\.image" is required for runtime gvisor/],
+    ['templates: { g: { runtime: gvisor, image: i, command: [x], port: 80 } }', /"templates\.g\.port": runtime gvisor cannot serve sessions/],
     ['templates: { d: { runtime: vm } }', /templates\.d\.runtime/],
     ['[1, 2]', /top level must be a mapping/],
     ['a: [', /not valid YAML/],

@@ -8,6 +8,11 @@
  * container's cgroup, as the process runtime does, so verdicts mean the same.
  * A deadline freezes the container, kills the exec's process tree from the
  * host, and thaws it: forks cannot outrun the kill.
+ *
+ * With `sentry` (the gvisor runtime, OCI runtime runsc) the sandbox's
+ * processes live in gVisor's user-space kernel: limits are fixed at create, an
+ * exec is killed from inside, and its memory limit is watched from the host
+ * (see ../gvisor/sentry.ts for why each differs).
  */
 import Docker from 'dockerode';
 import { randomBytes } from 'node:crypto';
@@ -22,6 +27,7 @@ import type { ExecKill, ExecRequest, ExecResult, Runtime, RuntimeCheck, Sandbox,
 import { WORK_DIR } from '../types.js';
 import { decodeExit, readKey, readNumber as readNum } from '../kernel.js';
 import { PortBridges } from '../bridge.js';
+import { PidLineReader, killScript, sentryHostLimits, wrapWithPidLine } from '../gvisor/sentry.js';
 
 export interface DockerRuntimeOptions {
   instanceId: string;
@@ -32,6 +38,8 @@ export interface DockerRuntimeOptions {
   name?: string;
   /** Host uid port bridges run as. Default 65534. */
   bridgeUid?: number;
+  /** True when `ociRuntime` runs the sandbox in gVisor's sentry (runsc). Default false. */
+  sentry?: boolean;
 }
 
 /** Options a docker template may set (`templates.<name>` in kiln.yaml). */
@@ -47,11 +55,11 @@ const BASE_ENV = ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'TMPDIR=/tmp
 
 export class DockerRuntime implements Runtime {
   readonly name: string;
-  private readonly docker: Docker;
+  protected readonly docker: Docker;
   /** Sandboxes this driver made (or is making): everything else with our label is an orphan. */
   private readonly live = new Set<string>();
 
-  constructor(private readonly opts: DockerRuntimeOptions) {
+  constructor(protected readonly opts: DockerRuntimeOptions) {
     this.name = opts.name ?? 'docker';
     this.docker = new Docker({ socketPath: opts.socketPath });
   }
@@ -96,16 +104,14 @@ export class DockerRuntime implements Runtime {
         User: SANDBOX_USER,
         WorkingDir: WORK_DIR,
         Env: [...BASE_ENV, ...Object.entries({ ...spec.env, ...spec.main?.env }).map(([k, v]) => `${k}=${v}`)],
-        Labels: { 'kiln.instance': this.opts.instanceId, 'kiln.sandbox': id, 'kiln.template': spec.template },
+        // kiln.runtime: docker and gvisor share the engine; each lists and reaps only its own.
+        Labels: { 'kiln.instance': this.opts.instanceId, 'kiln.runtime': this.name, 'kiln.sandbox': id, 'kiln.template': spec.template },
         NetworkDisabled: true,
         HostConfig: {
           Init: true,
           NetworkMode: 'none',
           Runtime: this.opts.ociRuntime,
-          Memory: memory,
-          MemorySwap: memory,
           NanoCpus: Math.round(spec.limits.cpus * 1e9),
-          PidsLimit: spec.limits.pids,
           ReadonlyRootfs: true,
           CapDrop: ['ALL'],
           SecurityOpt: ['no-new-privileges'],
@@ -113,7 +119,9 @@ export class DockerRuntime implements Runtime {
             [WORK_DIR]: `rw,exec,nosuid,nodev,size=${spec.limits.diskMb}m,mode=0700,uid=65534,gid=65534`,
             '/tmp': `rw,nosuid,nodev,size=${spec.limits.diskMb}m,mode=1777`,
           },
-          Ulimits: [{ Name: 'core', Soft: 0, Hard: 0 }],
+          ...(this.opts.sentry
+            ? sentryHostLimits(spec.limits)
+            : { Memory: memory, MemorySwap: memory, PidsLimit: spec.limits.pids, Ulimits: [{ Name: 'core', Soft: 0, Hard: 0 }] }),
         },
       });
     } catch (e) {
@@ -125,7 +133,9 @@ export class DockerRuntime implements Runtime {
       await container.start();
       const info = await container.inspect();
       if (!info.State.Running) throw new Error(`the container exited at once (status ${info.State.ExitCode})`);
-      return new DockerSandbox(id, container, this.docker, info.Id, info.State.Pid, spec, this.opts.bridgeUid ?? 65534, () => this.live.delete(id));
+      return new DockerSandbox(id, this.name, this.opts.sentry ?? false, container, this.docker, info.Id, info.State.Pid, spec, this.opts.bridgeUid ?? 65534, () =>
+        this.live.delete(id),
+      );
     } catch (e) {
       await container.remove({ force: true }).catch(() => undefined);
       throw new KilnError('sandbox_failed', `docker: cannot start a sandbox: ${(e as Error).message}`, 500);
@@ -134,7 +144,7 @@ export class DockerRuntime implements Runtime {
 
   private async ownContainers(): Promise<Docker.ContainerInfo[]> {
     try {
-      return await this.docker.listContainers({ all: true, filters: { label: [`kiln.instance=${this.opts.instanceId}`] } });
+      return await this.docker.listContainers({ all: true, filters: { label: [`kiln.instance=${this.opts.instanceId}`, `kiln.runtime=${this.name}`] } });
     } catch {
       return []; // no engine: nothing of ours can be running in it
     }
@@ -156,7 +166,6 @@ export class DockerRuntime implements Runtime {
 }
 
 class DockerSandbox implements Sandbox {
-  readonly runtime = 'docker';
   private destroyed = false;
   private readonly cgroup: ContainerCgroup;
   private readonly bridges: PortBridges;
@@ -166,6 +175,9 @@ class DockerSandbox implements Sandbox {
 
   constructor(
     readonly id: string,
+    readonly runtime: string,
+    /** Processes live in gVisor's sentry: no docker update, kills from inside, memory watched. */
+    private readonly sentry: boolean,
     private readonly container: Docker.Container,
     private readonly docker: Docker,
     fullId: string,
@@ -182,6 +194,10 @@ class DockerSandbox implements Sandbox {
   }
 
   async portSocket(port: number): Promise<string> {
+    if (this.sentry) {
+      // The bridge enters the host network namespace; under runsc the sandbox's loopback lives in gVisor's netstack instead.
+      throw new KilnError('runtime_unsupported', `runtime ${this.runtime} cannot serve port ${port}: its network is inside gVisor, out of reach of kiln's bridge; use runtime docker for session templates`, 501);
+    }
     return this.bridges.open(this.nsPid, port);
   }
 
@@ -195,15 +211,12 @@ class DockerSandbox implements Sandbox {
     if (this.destroyed) throw new KilnError('sandbox_gone', `sandbox ${this.id} was destroyed`, 410);
     if (req.command.length === 0) throw new KilnError('invalid_request', 'command: must name a program', 400);
     const limits = req.limits;
-    const want = { memoryMb: Math.min(limits.memoryMb, this.spec.limits.memoryMb), pids: Math.min(limits.pids, this.spec.limits.pids) };
-    if (want.memoryMb !== this.current.memoryMb || want.pids !== this.current.pids) {
-      const bytes = want.memoryMb * 1024 * 1024;
-      await this.container.update({ Memory: bytes, MemorySwap: bytes, PidsLimit: want.pids });
-      this.current = want;
-    }
+    if (!this.sentry) await this.narrowLimits(limits);
     const before = await this.cgroup.read(true);
+    // Under gVisor an exec's memory is what the container gains while it runs (no per-exec cgroup exists).
+    const memoryCap = this.sentry ? (await this.cgroup.unreclaimableBytes()) + Math.min(limits.memoryMb, this.spec.limits.memoryMb) * 1024 * 1024 : Infinity;
     const exec = await this.container.exec({
-      Cmd: req.command,
+      Cmd: this.sentry ? wrapWithPidLine(req.command) : req.command,
       User: SANDBOX_USER,
       WorkingDir: req.cwd ? posix.resolve(WORK_DIR, req.cwd) : WORK_DIR,
       Env: Object.entries(req.env ?? {}).map(([k, v]) => `${k}=${v}`),
@@ -216,21 +229,26 @@ class DockerSandbox implements Sandbox {
     const stream = (await exec.start({ hijack: true, stdin: true })) as NodeJS.ReadWriteStream & { destroy(): void };
 
     let killedBy: ExecKill = null;
+    let killedByUs = false;
+    let memoryKilled = false;
     let killing: Promise<void> | undefined;
     const kill = (why: ExecKill) => {
       if (killedBy === null) killedBy = why;
-      killing ??= this.killExec(exec).finally(() => stream.destroy());
+      killedByUs = true;
+      killing ??= (this.sentry ? this.killInSentry(pidLine.pid) : this.killExec(exec)).finally(() => stream.destroy());
     };
     const stdout = new CappedBuffer(limits.outputBytes, () => kill('output_limit'), req.onStdout);
     const stderr = new CappedBuffer(limits.outputBytes, () => kill('output_limit'), req.onStderr);
-    const sink = (buf: CappedBuffer) => new Writable({ write(chunk: Buffer, _enc, cb) { buf.push(chunk); cb(); } });
-    const out = sink(stdout);
-    const err = sink(stderr);
+    const pidLine = new PidLineReader((chunk) => stderr.push(chunk));
+    const sink = (push: (chunk: Buffer) => void) => new Writable({ write(chunk: Buffer, _enc, cb) { push(chunk); cb(); } });
+    const out = sink((c) => stdout.push(c));
+    const err = sink(this.sentry ? (c) => pidLine.push(c) : (c) => stderr.push(c));
     const ended = new Promise<void>((resolve) => {
       stream.on('end', resolve);
       stream.on('close', resolve);
       stream.on('error', () => resolve());
     });
+    void ended.then(() => pidLine.end());
     this.docker.modem.demuxStream(stream as unknown as NodeJS.ReadableStream, out, err);
     if (req.stdin !== undefined && req.stdin.length > 0) stream.write(req.stdin);
     stream.end(); // half-close: the program sees EOF on stdin
@@ -240,10 +258,13 @@ class DockerSandbox implements Sandbox {
     const cpuTimer = setInterval(() => {
       if (polling) return;
       polling = true;
-      void this.cgroup.cpuMs().then((ms) => {
-        polling = false;
-        if (ms - before.cpuMs > limits.cpuMs) kill('cpu_timeout');
-      });
+      void (async () => {
+        if ((await this.cgroup.cpuMs()) - before.cpuMs > limits.cpuMs) kill('cpu_timeout');
+        if (this.sentry && (await this.cgroup.unreclaimableBytes()) > memoryCap) {
+          memoryKilled = true;
+          kill(null);
+        }
+      })().finally(() => (polling = false));
     }, CPU_POLL_MS);
     await ended;
     const wallMs = Math.round(performance.now() - started);
@@ -253,17 +274,21 @@ class DockerSandbox implements Sandbox {
 
     let exitCode: number | null = null;
     for (let i = 0; i < 50; i++) {
-      const info = await exec.inspect();
+      // A sandbox whose sentry died (host OOM backstop) can no longer answer for its execs.
+      const info = await exec.inspect().catch(() => ({ Running: false, ExitCode: null }));
       if (!info.Running) {
-        exitCode = info.ExitCode;
+        exitCode = info.ExitCode ?? null;
         break;
       }
       await new Promise((r) => setTimeout(r, 10));
     }
     const after = await this.cgroup.read(false);
     const cpuMs = Math.round(after.cpuMs - before.cpuMs);
-    if (killedBy === null && cpuMs > limits.cpuMs) killedBy = 'cpu_timeout';
-    const decoded = decodeExit(exitCode, null, killedBy !== null);
+    if (killedBy === null && !memoryKilled && cpuMs > limits.cpuMs) {
+      killedBy = 'cpu_timeout';
+      killedByUs = true;
+    }
+    const decoded = decodeExit(exitCode, null, killedByUs);
     return {
       stdout: stdout.toBuffer(),
       stderr: stderr.toBuffer(),
@@ -271,11 +296,38 @@ class DockerSandbox implements Sandbox {
       wallMs,
       cpuMs,
       memoryKb: after.memoryKb,
-      oomKilled: after.oomKills > before.oomKills,
+      oomKilled: memoryKilled || after.oomKills > before.oomKills,
       pidsLimitHit: after.pidsMaxHits > before.pidsMaxHits,
       killedBy,
       truncated: stdout.truncated || stderr.truncated,
     };
+  }
+
+  /** runc: an exec narrower than the container's current memory or pids limit updates them first. */
+  private async narrowLimits(limits: ExecRequest['limits']): Promise<void> {
+    const want = { memoryMb: Math.min(limits.memoryMb, this.spec.limits.memoryMb), pids: Math.min(limits.pids, this.spec.limits.pids) };
+    if (want.memoryMb === this.current.memoryMb && want.pids === this.current.pids) return;
+    const bytes = want.memoryMb * 1024 * 1024;
+    await this.container.update({ Memory: bytes, MemorySwap: bytes, PidsLimit: want.pids });
+    this.current = want;
+  }
+
+  /**
+   * gVisor: kill the exec from inside the sentry, where its processes are, by
+   * its process group and session (see ../gvisor/sentry.ts). Waits for the
+   * exec's pid line when the deadline came before it.
+   */
+  private async killInSentry(pid: Promise<number | undefined>): Promise<void> {
+    const target = await pid;
+    if (target === undefined) return; // the wrapper never ran: nothing of the exec exists
+    const killer = await this.container.exec({ Cmd: killScript(target), User: '0:0', Privileged: true, AttachStdout: true, AttachStderr: true });
+    const stream = await killer.start({ hijack: true, stdin: false });
+    stream.resume();
+    await new Promise<void>((resolve) => {
+      stream.on('end', resolve);
+      stream.on('close', resolve);
+      stream.on('error', () => resolve());
+    });
   }
 
   /**
@@ -372,6 +424,20 @@ class ContainerCgroup {
   async cpuMs(): Promise<number> {
     if (this.v2) return (await readKey(join(this.v2, 'cpu.stat'), 'usage_usec')) / 1000;
     return (await readNum(join(this.v1!.cpuacct, 'cpuacct.usage'))) / 1e6;
+  }
+
+  /**
+   * Memory the container cannot give back (anon + shmem, where gVisor keeps
+   * the sandbox's memory), in bytes; page cache is left out because the
+   * kernel reclaims it before any OOM.
+   */
+  async unreclaimableBytes(): Promise<number> {
+    if (this.v2) {
+      const stat = join(this.v2, 'memory.stat');
+      return (await readKey(stat, 'anon')) + (await readKey(stat, 'shmem'));
+    }
+    const stat = join(this.v1!.memory, 'memory.stat');
+    return (await readKey(stat, 'total_rss')) + (await readKey(stat, 'total_shmem'));
   }
 
   /** Usage now; `resetPeak` starts a new peak-memory window (v1 only keeps one). */

@@ -1,0 +1,45 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { PidLineReader, sentryHostLimits, wrapWithPidLine } from '../../src/runtimes/gvisor/sentry.js';
+
+function read(chunks: string[], end = true) {
+  const rest: Buffer[] = [];
+  const r = new PidLineReader((c) => rest.push(c));
+  for (const c of chunks) r.push(Buffer.from(c));
+  if (end) r.end();
+  return { reader: r, rest: Buffer.concat(rest).toString() };
+}
+
+test('gvisor pid line: split off the front of stderr, even across chunks', async () => {
+  const { reader, rest } = read(['kiln-exec-p', 'id 42\nboom', '\nmore']);
+  assert.equal(await reader.pid, 42);
+  assert.equal(rest, 'boom\nmore');
+});
+
+test('gvisor pid line: a program cannot forge it after the first line', async () => {
+  const { reader, rest } = read(['kiln-exec-pid 7\n', 'kiln-exec-pid 1\n']);
+  assert.equal(await reader.pid, 7);
+  assert.equal(rest, 'kiln-exec-pid 1\n');
+});
+
+test('gvisor pid line: without it, all of stderr is kept and the pid is unknown', async () => {
+  const failed = read(['/bin/sh: not found\n']);
+  assert.equal(await failed.reader.pid, undefined);
+  assert.equal(failed.rest, '/bin/sh: not found\n');
+  const short = read(['partial']);
+  assert.equal(await short.reader.pid, undefined);
+  assert.equal(short.rest, 'partial');
+  const long = read(['x'.repeat(100)], false);
+  assert.equal(await long.reader.pid, undefined, 'a long first line without a newline is not waited on forever');
+  assert.equal(long.rest.length, 100);
+});
+
+test('gvisor: the command runs unchanged after the wrapper, and limits go where the sentry keeps them', () => {
+  const cmd = wrapWithPidLine(['python3', '-c', 'print("$$")']);
+  assert.deepEqual(cmd.slice(0, 2), ['/bin/sh', '-c']);
+  assert.deepEqual(cmd.slice(-3), ['python3', '-c', 'print("$$")'], 'arguments are passed as "$@", never re-parsed by the shell');
+  const h = sentryHostLimits({ cpus: 1, memoryMb: 256, pids: 50, diskMb: 10 });
+  assert.ok(h.Memory > 256 * 1024 * 1024, 'host memory leaves headroom for the sentry');
+  assert.deepEqual(h.Ulimits.find((u) => u.Name === 'nproc'), { Name: 'nproc', Soft: 50, Hard: 50 });
+  assert.ok(h.PidsLimit > 50, 'host pids count the sentry threads, not the sandbox processes');
+});
