@@ -206,10 +206,13 @@ export class SessionService {
       }
       pool.adoptCold();
       session = make(newToken(), false);
-      await this.insert(session, this.deps.config.templates[req.template]!.runtime, null);
+      // The sandbox starts before the store insert, which runs while bwrap does; the cold
+      // start waits for the row before it writes to it, and gives everything back if it failed.
+      const inserted = this.insert(session, this.deps.config.templates[req.template]!.runtime, null);
       this.register(session);
-      const pending = this.coldStart(session, reservation, req.env ?? {}, started).finally(() => this.coldStarts.delete(pending));
+      const pending = this.coldStart(session, reservation, req.env ?? {}, started, inserted).finally(() => this.coldStarts.delete(pending));
       this.coldStarts.add(pending);
+      await inserted;
     }
     return session.view(true);
   }
@@ -222,10 +225,15 @@ export class SessionService {
     if (held >= max) throw new KilnError('too_many_sessions', `this address already holds ${held} session(s), the most allowed at once; close one or wait for it to end`, 429, { retryAfterS: 60 });
   }
 
-  private async coldStart(session: LiveSession, reservation: Reservation, env: Record<string, string>, started: number): Promise<void> {
+  private async coldStart(session: LiveSession, reservation: Reservation, env: Record<string, string>, started: number, inserted: Promise<void>): Promise<void> {
     let warm: WarmSandbox | undefined;
     try {
-      warm = await startWarm(this.deps.config, this.deps.runtimes, session.template, reservation, env, session.token);
+      const starting = startWarm(this.deps.config, this.deps.runtimes, session.template, reservation, env, session.token);
+      // Both settle before either is looked at, so a failed insert never leaves a sandbox running.
+      const [row, sandbox] = await Promise.allSettled([inserted, starting]);
+      if (sandbox.status === 'rejected') throw sandbox.reason;
+      warm = sandbox.value;
+      if (row.status === 'rejected') throw row.reason;
       if (session.status !== 'starting') throw new Error('deleted while starting');
       session.warm = warm;
       await this.deps.db.updateTable('sessions').set({ sandbox_id: warm.sandbox.id }).where('id', '=', session.id).execute();

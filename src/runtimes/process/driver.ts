@@ -24,6 +24,7 @@ import { Cgroup, detectCgroupMode, listChildren, type CgroupMode } from './cgrou
 import { enterArgv, launchArgv, LAUNCHER_ENV, LAUNCHER_ERROR_PREFIX, STATUS_FD } from './bwrap.js';
 import { buildSeccompFilter, filterDigest } from './seccomp.js';
 import { PortBridges } from '../bridge.js';
+import { portListening } from '../listening.js';
 import { decodeExit } from '../kernel.js';
 
 const run = promisify(execFile);
@@ -262,6 +263,8 @@ class ProcessSandbox implements Sandbox {
   private readonly running = new Set<Promise<unknown>>();
   /** The main process (a session's server) and the host pid whose namespaces execs enter. */
   private main: { child: ChildProcess; nsPid: number; log: CappedTail } | undefined;
+  /** The main's cgroup while it runs with a start-up CPU cap above the sandbox's own. */
+  private burst: Cgroup | undefined;
   mainExited: Promise<void> | undefined;
   private readonly bridges: PortBridges;
 
@@ -280,9 +283,15 @@ class ProcessSandbox implements Sandbox {
   }
 
   /** Start the long-running main process in a fresh bwrap; execs will enter its namespaces. */
-  async startMain(main: { command: string[]; env?: Record<string, string> }): Promise<void> {
+  async startMain(main: NonNullable<SandboxSpec['main']>): Promise<void> {
     this.codeHasRun = true;
     const cg = await Cgroup.create(this.mode, `${this.cgroup.rel}/main`, this.spec.limits);
+    if (main.startCpus !== undefined && main.startCpus > this.spec.limits.cpus) {
+      // The start-up burst: both caps (v1 applies the parent's too) until mainReady().
+      this.cgroup.setCpuCap(main.startCpus);
+      cg.setCpuCap(main.startCpus);
+      this.burst = cg;
+    }
     const argv = launchArgv({
       cgroupProcsFiles: cg.procsFiles(),
       cpuSeconds: 'unlimited',
@@ -322,6 +331,17 @@ class ProcessSandbox implements Sandbox {
 
   async mainLog(): Promise<string> {
     return this.main?.log.text() ?? '';
+  }
+
+  async mainReady(): Promise<void> {
+    if (!this.burst || this.destroyed) return;
+    this.burst.setCpuCap(this.spec.limits.cpus);
+    this.cgroup.setCpuCap(this.spec.limits.cpus);
+    this.burst = undefined;
+  }
+
+  async portListening(port: number): Promise<boolean> {
+    return this.main !== undefined && portListening(this.main.nsPid, port);
   }
 
   async portSocket(port: number): Promise<string> {
