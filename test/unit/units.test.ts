@@ -188,7 +188,8 @@ test('proxy: request headers lose hop-by-hop ones, keep one Host, and carry X-Fo
 
 test('proxy: response headers keep order and duplicates, less hop-by-hop ones; bodies are announced by length or encoding', () => {
   const raw = ['Content-Type', 'text/html', 'Set-Cookie', 'a=1', 'Connection', 'close', 'Set-Cookie', 'b=2', 'Transfer-Encoding', 'chunked', 'Keep-Alive', 'timeout=5'];
-  assert.deepEqual(responseHeaders(raw), ['Content-Type', 'text/html', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2']);
+  assert.deepEqual(responseHeaders(raw), ['Content-Type', 'text/html', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'Referrer-Policy', 'same-origin']);
+  assert.deepEqual(responseHeaders(['referrer-policy', 'origin']), ['referrer-policy', 'origin'], "the app's own policy stands");
   assert.equal(hasBody(['Host', 'x', 'Content-Length', '0']), true);
   assert.equal(hasBody(['host', 'x', 'transfer-encoding', 'chunked']), true);
   assert.equal(hasBody(['Host', 'x', 'Content-Type', 'text/plain', 'X-Content-Length', '5']), false);
