@@ -236,8 +236,9 @@ export class SessionService {
       if (row.status === 'rejected') throw row.reason;
       if (session.status !== 'starting') throw new Error('deleted while starting');
       session.warm = warm;
-      await this.deps.db.updateTable('sessions').set({ sandbox_id: warm.sandbox.id }).where('id', '=', session.id).execute();
-      await this.transition(session, 'ready');
+      // One store write for the sandbox id and the status: the session is ready (and the proxy's
+      // held requests go on) as soon as the status changes in memory, before this write.
+      await this.transition(session, 'ready', undefined, { sandbox_id: warm.sandbox.id });
       this.deps.events.safeEmit('session:claimed', { template: session.template, fromPool: false, ms: performance.now() - started });
       this.watchMain(session);
     } catch (e) {
@@ -295,7 +296,7 @@ export class SessionService {
   }
 
   /** The one place a status changes: checked against TRANSITIONS, stored, emitted. */
-  private async transition(session: LiveSession, to: SessionStatus, reason?: StopReason): Promise<void> {
+  private async transition(session: LiveSession, to: SessionStatus, reason?: StopReason, also: { sandbox_id?: string } = {}): Promise<void> {
     if (!TRANSITIONS[session.status].includes(to)) return;
     session.status = to;
     if (reason) session.stopReason = reason;
@@ -305,7 +306,7 @@ export class SessionService {
     const v = session.view();
     await this.deps.db
       .updateTable('sessions')
-      .set({ status: to, stop_reason: v.stopReason ?? null, ready_at: v.readyAt ?? null, stopped_at: v.stoppedAt ?? null, last_activity_at: v.lastActivityAt, error: v.error ?? null })
+      .set({ ...also, status: to, stop_reason: v.stopReason ?? null, ready_at: v.readyAt ?? null, stopped_at: v.stoppedAt ?? null, last_activity_at: v.lastActivityAt, error: v.error ?? null })
       .where('id', '=', session.id)
       .execute();
     this.deps.events.safeEmit('session:status', v);
