@@ -186,8 +186,7 @@ print(json.dumps({
       assert.equal(r.exitCode, 0, r.stderr.toString());
       const got = JSON.parse(r.stdout.toString());
       // Under gVisor the code talks to gVisor's kernel, not the host's (which the sentry's own seccomp filter
-      // guards). Docker's profile is loaded inside it for the sandbox's main process (--oci-seccomp) but not
-      // for `docker exec` processes, so an exec may make a user namespace: gVisor's own, not the host's.
+      // guards). No filter is loaded inside gVisor, so code may make a user namespace: gVisor's own, not the host's.
       const sentry = rt.name === 'gvisor';
       if (sentry) assert.notEqual(got.kernel, readFileSync('/proc/version', 'utf8'), 'gVisor stands between the code and the host kernel');
       assert.deepEqual(got.status, ['65534\t65534\t65534\t65534', '0000000000000000', sentry ? '-' : '1', sentry ? got.status[3] : '2']);
