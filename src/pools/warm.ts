@@ -31,6 +31,8 @@ export function newToken(): string {
 }
 
 const READY_POLL_MS = 25;
+/** One readiness probe gives up after this long, ms. */
+const PROBE_TIMEOUT_MS = 5000;
 
 export async function startWarm(
   config: KilnConfig,
@@ -82,7 +84,8 @@ function httpProbe(socketPath: string, path: string): Promise<boolean> {
       res.resume();
       resolve((res.statusCode ?? 500) < 500);
     });
-    const timer = setTimeout(() => req.destroy(), 1000);
+    // Generous: opening a backend connection may itself take hundreds of ms (gVisor's exec relay) on a busy host.
+    const timer = setTimeout(() => req.destroy(), PROBE_TIMEOUT_MS);
     req.on('error', () => {
       clearTimeout(timer);
       resolve(false);

@@ -16,7 +16,9 @@
  * An exec costs hundreds of ms, paid once per backend connection: the proxy's
  * keep-alive agent (../../proxy/agents.ts) reuses connections across requests.
  * Docker keeps an exec running after its attach connection closes, so when
- * the client goes first kiln kills the relay by its pid line (`kiln-relay -k`).
+ * the client goes first (its FIN or an error) kiln kills the relay by its pid
+ * line (`kiln-relay -k`, one more exec). When the server closes first, the
+ * relay exits and kiln ends the client after the last bytes.
  */
 import type Docker from 'dockerode';
 import { chmodSync, existsSync, mkdirSync, rmSync } from 'node:fs';
@@ -68,6 +70,8 @@ export class ExecRelays {
     chmodSync(this.dir, 0o700);
     const path = join(this.dir, `${port}.sock`);
     rmSync(path, { force: true });
+    // A client's FIN closes it (no allowHalfOpen): a FIN from a client that left and one that half-closed look
+    // the same, and a relay must never outlive a client that left. The proxy never half-closes either.
     const server = net.createServer((client) => this.accept(client, port));
     this.servers.set(port, { path, server });
     await new Promise<void>((resolve, reject) => {
@@ -148,13 +152,16 @@ class RelayConnection {
     this.stream = stream;
     stream.on('error', () => undefined);
     const frames = new DockerFrames((chunk) => this.pidLine.push(chunk));
-    const exited = () => {
-      this.relayExited = true;
+    const gone = () => {
       this.pidLine.end();
       this.relayGone();
     };
-    stream.once('end', exited);
-    stream.once('close', exited);
+    // 'end': dockerd closed its side, so the relay exited. 'close' alone may be our own destroy().
+    stream.once('end', () => {
+      this.relayExited = true;
+      gone();
+    });
+    stream.once('close', gone);
     stream.pipe(frames);
     if (this.state !== State.starting) {
       // The client left while the exec started: the relay may be connected already.
@@ -164,7 +171,6 @@ class RelayConnection {
     this.state = State.relaying;
     // Relay exited (its stdout ended): the backend closed, so the frames pipe ends the client after its last bytes.
     frames.pipe(this.client);
-    // The client half-closing ends the relay's stdin; it shuts down its socket's write side.
     this.client.pipe(stream);
   }
 
@@ -189,8 +195,9 @@ class RelayConnection {
   private async stopRelay(): Promise<void> {
     // The pid line comes first on stderr; it is settled without a pid when the relay ends.
     const pid = await this.pidLine.pid;
+    const running = !this.relayExited && !this.dropped;
     this.stream?.destroy();
-    if (pid !== undefined && !this.relayExited && !this.dropped) await this.kill(pid);
+    if (pid !== undefined && running) await this.kill(pid);
     this.finish();
   }
 
