@@ -6,7 +6,7 @@
  *  (a) warm claim — `POST /v1/sessions` until the first proxied `GET <url>info`
  *      answers 200 — beside a cold start of the same template;
  *  (b) that cold start beside the same server started by bare bubblewrap and
- *      polled on loopback every 25 ms, as kiln's readiness check polls;
+ *      polled on loopback on kiln's readiness schedule (readyPollDelayMs);
  *  (c) requests/s and latency of `GET /info` through `/s/<token>/`, directly on
  *      the backend's unix socket, and through Debian's nginx `proxy_pass`.
  *
@@ -24,6 +24,7 @@ import { buildApi } from '../src/api/server.js';
 import { DEFAULT_CONFIG } from '../src/config/defaults.js';
 import type { KilnConfig } from '../src/config/schema.js';
 import type { Sandbox, SandboxSpec } from '../src/runtimes/types.js';
+import { readyPollDelayMs } from '../src/pools/warm.js';
 import { percentile, table } from './stats.js';
 import { LOCAL } from '../src/auth/principal.js';
 
@@ -39,8 +40,6 @@ const POOL = { min: 5, max: 30 };
 const DEMO_COMMAND = ['python3', '/usr/share/kiln/demo_server.py'];
 /** A request with its own env cannot take a pooled server: this forces a cold start. */
 const COLD_ENV = { X: '1' };
-/** kiln's readiness poll interval (src/pools/warm.ts), used by the raw baseline too. */
-const READY_POLL_MS = 25;
 /** A claim refills its pool after 250 ms (src/pools/pool.ts): claims are spaced past it. */
 const REFILL_DELAY_MS = 250;
 const CONNECTIONS = 16;
@@ -135,7 +134,7 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
     const cold1: Latencies = { name: `kiln cold start, ${TEMPLATE} with 1 CPU → first proxied 200`, ms: [], capped: false };
     const coldShipped: Latencies = { name: `kiln cold start, ${TEMPLATE} as shipped (${shipped.cpus} CPU) → first proxied 200`, ms: [], capped: false };
     const trace = traceColdStarts(kiln);
-    const phases: Record<'total' | 'create' | 'bridge' | 'ready' | 'outside', number[]> = { total: [], create: [], bridge: [], ready: [], outside: [] };
+    const phases: Record<'total' | 'create' | 'bridge' | 'listening' | 'ready' | 'outside', number[]> = { total: [], create: [], bridge: [], listening: [], ready: [], outside: [] };
     const rawSysDirs = config.runtimes.process.systemDirs;
     type Trace = ReturnType<typeof trace.last>;
     const kinds: { into: Latencies; run: () => Promise<{ ms: number; t?: Trace }> }[] = [
@@ -175,7 +174,8 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
             phases.total.push(ms);
             phases.create.push(t.createMs);
             phases.bridge.push(t.bridgeMs);
-            phases.ready.push(t.readyMs - t.createMs - t.bridgeMs);
+            phases.listening.push(t.listeningMs);
+            phases.ready.push(t.readyMs - t.createMs);
             phases.outside.push(ms - t.readyMs);
           }
         }
@@ -189,12 +189,13 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
     notes.push(
       `warm claim: POST /v1/sessions p50 ${fmt(percentile(warmPost, 50))} ms, then the first proxied GET p50 ${fmt(percentile(warmGet, 50))} ms ` +
         `(each claim on a settled pool: ${POOL.min} ready, none starting, ≥ ${REFILL_DELAY_MS} ms after the last claim; the waiting is not timed)`,
-      `cold start (1 CPU) p50 by phase: sandbox create (dirs, cgroup, launcher, bwrap until its child pid) ${fmt(percentile(phases.create, 50))} ms, ` +
-        `port bridge (nsenter + socat) ${fmt(percentile(phases.bridge, 50))} ms, from then until ready (readiness polls of GET /, store insert) ${fmt(percentile(phases.ready, 50))} ms, ` +
+      `cold start (1 CPU) p50 by phase: sandbox create (dirs, cgroup, launcher, bwrap until its child pid) ${fmt(percentile(phases.create, 50))} ms; ` +
+        `then, side by side, the port bridge (nsenter + socat) ${fmt(percentile(phases.bridge, 50))} ms and the server until kiln saw it listen ${fmt(percentile(phases.listening, 50))} ms; ` +
+        `from create until ready (bridge, listen, GET / probe, store writes) ${fmt(percentile(phases.ready, 50))} ms; ` +
         `outside startWarm (API, store, proxy hold and the first GET) ${fmt(percentile(phases.outside, 50))} ms; total ${fmt(percentile(phases.total, 50))} ms`,
       `raw baseline: bwrap with user, pid, ipc, uts and cgroup namespaces, --disable-userns, --new-session, --clearenv and kiln's read-only system dirs, ` +
         `but no network namespace (so it can be polled on 127.0.0.1), no cgroup limits, no launcher or setpriv, no port bridge; ` +
-        `it polls GET / every ${READY_POLL_MS} ms like kiln's probe, then GET /info on the same connection`,
+        `it polls GET / on kiln's readiness schedule (a tenth of the time since the start, 2 to 25 ms apart), then GET /info on the same connection`,
       `cold starts, raw starts interleaved round by round (order rotating), ${n.warmup} warm-up round(s) not counted`,
     );
     const ratioP50 = (a: Latencies, b: Latencies) => percentile(a.ms, 50) / percentile(b.ms, 50);
@@ -398,26 +399,37 @@ async function waitPoolSettled(kiln: Kiln, template: string, min: number): Promi
 /**
  * Times the process runtime's phases of a cold start (the ones marked by
  * COLD_ENV): create (until the sandbox's first process exists), the port
- * bridge, and create-to-ready as the service reports it.
+ * bridge and the server's start (these two side by side: until the bridge's
+ * socket exists, and until kiln first sees the port listening, both from the
+ * end of create), and start-to-ready as the service reports it.
  */
-function traceColdStarts(kiln: Kiln): { reset(): void; last(): { createMs: number; bridgeMs: number; readyMs: number } | undefined; restore(): void } {
+type ColdTrace = { createMs: number; bridgeMs: number; listeningMs: number; readyMs: number };
+function traceColdStarts(kiln: Kiln): { reset(): void; last(): ColdTrace | undefined; restore(): void } {
   const { runtime } = kiln.runtimes.specFor(TEMPLATE);
   const create = runtime.create;
-  let cur: { createMs?: number; bridgeMs?: number; readyMs?: number } = {};
+  let cur: Partial<ColdTrace> = {};
   runtime.create = async (spec: SandboxSpec): Promise<Sandbox> => {
     const t0 = performance.now();
     const sb = await create.call(runtime, spec);
     if (spec.main?.env?.X !== COLD_ENV.X) return sb;
-    cur.createMs = performance.now() - t0;
+    const t1 = performance.now();
+    cur.createMs = t1 - t0;
     const portSocket = sb.portSocket;
     sb.portSocket = async (p: number) => {
-      const t1 = performance.now();
       try {
         return await portSocket.call(sb, p);
       } finally {
         cur.bridgeMs = performance.now() - t1;
       }
     };
+    const portListening = sb.portListening;
+    if (portListening) {
+      sb.portListening = async (p: number) => {
+        const yes = await portListening.call(sb, p);
+        if (yes && cur.listeningMs === undefined) cur.listeningMs = performance.now() - t1;
+        return yes;
+      };
+    }
     return sb;
   };
   const off = kiln.events.on('session:claimed', (e) => {
@@ -425,7 +437,10 @@ function traceColdStarts(kiln: Kiln): { reset(): void; last(): { createMs: numbe
   });
   return {
     reset: () => (cur = {}),
-    last: () => (cur.createMs !== undefined && cur.bridgeMs !== undefined && cur.readyMs !== undefined ? { createMs: cur.createMs, bridgeMs: cur.bridgeMs, readyMs: cur.readyMs } : undefined),
+    last: () => {
+      const { createMs, bridgeMs, listeningMs, readyMs } = cur;
+      return createMs !== undefined && bridgeMs !== undefined && listeningMs !== undefined && readyMs !== undefined ? { createMs, bridgeMs, listeningMs, readyMs } : undefined;
+    },
     restore: () => {
       runtime.create = create;
       off();
@@ -505,7 +520,8 @@ function systemMounts(dirs: string[]): string[] {
 
 /**
  * The baseline: the demo server in bare bubblewrap (no network namespace, so
- * it listens on a free 127.0.0.1 port), polled with GET / every 25 ms until it
+ * it listens on a free 127.0.0.1 port), polled with GET / on kiln's readiness
+ * schedule (the same delays between looks as kiln's, from the spawn) until it
  * answers, then GET /info on that connection. Returns ms from spawn to /info's 200.
  */
 async function rawStart(systemDirs: string[]): Promise<number> {
@@ -540,7 +556,7 @@ async function rawStart(systemDirs: string[]): Promise<number> {
         if ((await get('/info')) !== 200) throw new Error('raw demo server: GET /info did not answer 200');
         return performance.now() - t0;
       }
-      await sleep(READY_POLL_MS);
+      await sleep(readyPollDelayMs(performance.now() - t0));
     }
     throw new Error('raw demo server never answered within 30 s');
   } finally {

@@ -22,6 +22,8 @@ export const DEFAULT_CONFIG: KilnConfig = {
     expiryIntervalS: 5,
     stalePeriodS: 3600,
     readyTimeoutS: 30,
+    // Starting an interpreter is one busy thread: one core makes a 0.5-CPU template start as fast as a 1-CPU one.
+    startCpus: 1,
     holdRequestS: 10,
     idleTimeoutS: 600,
     maxDurationS: 3600,

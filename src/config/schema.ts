@@ -197,6 +197,11 @@ export const ConfigSchema = Type.Object(
         stalePeriodS: Type.Integer({ minimum: 0 }),
         /** Seconds a server may take to become ready. */
         readyTimeoutS: Type.Integer({ minimum: 1 }),
+        /**
+         * CPU cap (cores) of a session's server until it is ready, when above the
+         * template's `limits.cpus` (process runtime). 0: the template's cap from the start.
+         */
+        startCpus: Type.Number({ minimum: 0 }),
         /** Seconds a browser request waits for a starting session before a reload page. */
         holdRequestS: Type.Integer({ minimum: 0 }),
         /** Lifecycle of templates that set none. */

@@ -42,6 +42,67 @@ const sameSecret = (a: string, b: string) => a.length === b.length && timingSafe
 
 /** Hop-by-hop headers are for one connection only (RFC 9110 §7.6.1). */
 const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate']);
+/** Set by the proxy itself; what a client sent under these names is not passed on (x-forwarded-for is extended). */
+const OWN = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-prefix']);
+
+/**
+ * The request headers the backend gets, as a flat name/value list built
+ * straight from the client's raw headers (no header object per request):
+ * hop-by-hop headers dropped, one Host, X-Forwarded-For extended with the
+ * client's address, X-Forwarded-Proto/-Host/-Prefix set by kiln.
+ */
+export function forwardHeaders(rawHeaders: string[], client: string, encrypted: boolean, prefix: string): string[] {
+  const out: string[] = [];
+  let host: string | undefined;
+  let prior: string | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    const value = rawHeaders[i + 1]!;
+    const lower = name.toLowerCase();
+    if (HOP.has(lower)) continue;
+    if (OWN.has(lower)) {
+      if (lower === 'x-forwarded-for') prior = prior === undefined ? value : `${prior}, ${value}`;
+      continue;
+    }
+    if (lower === 'host') {
+      if (host !== undefined) continue; // the first, as node's parser keeps it
+      host = value;
+    }
+    out.push(name, value);
+  }
+  // An HTTP/1.0 client may send no Host; HTTP/1.1 backends need one.
+  if (host === undefined) out.push('Host', 'localhost');
+  out.push('X-Forwarded-For', prior === undefined ? client : `${prior}, ${client}`, 'X-Forwarded-Proto', encrypted ? 'https' : 'http');
+  if (host !== undefined) out.push('X-Forwarded-Host', host);
+  out.push('X-Forwarded-Prefix', prefix);
+  return out;
+}
+
+/** Whether a request's raw headers announce a body (read without building `req.headers`). */
+export function hasBody(rawHeaders: string[]): boolean {
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    // Lengths first: most headers are ruled out without a lower-cased copy.
+    if (name.length === 14 && name.toLowerCase() === 'content-length') return true;
+    if (name.length === 17 && name.toLowerCase() === 'transfer-encoding') return true;
+  }
+  return false;
+}
+
+/** The backend's response headers as they came (a flat name/value list), less hop-by-hop ones. */
+export function responseHeaders(rawHeaders: string[]): string[] {
+  const out: string[] = [];
+  let referrerPolicy = false;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const lower = rawHeaders[i]!.toLowerCase();
+    if (HOP.has(lower)) continue;
+    if (lower === 'referrer-policy') referrerPolicy = true;
+    out.push(rawHeaders[i]!, rawHeaders[i + 1]!);
+  }
+  // A page at a token URL must not hand the token to other sites in Referer.
+  if (!referrerPolicy) out.push('Referrer-Policy', 'same-origin');
+  return out;
+}
 
 export interface ProxyStats {
   requests: number;
@@ -65,6 +126,15 @@ export class SessionProxy {
     return { token: url.slice(PREFIX.length, end), rest: url.slice(end) };
   }
 
+  /** The hot path: a ready session for a well-formed URL, found without waiting (or undefined). */
+  private readyNow(url: string): LiveSession | undefined {
+    const end = url.indexOf('/', PREFIX.length);
+    if (end < 0) return undefined;
+    const session = this.sessions.byTokenLookup(url.slice(PREFIX.length, end));
+    return session?.status === 'ready' && session.warm ? session : undefined;
+  }
+
+  /** Every other case: unknown token, a missing slash, a starting or ended session (answered here, or waited for). */
   private async session(req: IncomingMessage, res: ServerResponse | undefined): Promise<LiveSession | undefined> {
     const r = this.route(req.url ?? '');
     const session = r ? this.lookup(r.token, req) : undefined;
@@ -119,39 +189,25 @@ export class SessionProxy {
     return true;
   }
 
-  private forwardedHeaders(req: IncomingMessage, session: LiveSession): Record<string, string | string[]> {
-    const out: Record<string, string | string[]> = {};
-    const h = req.headers;
-    for (const k in h) {
-      const v = h[k];
-      if (v !== undefined && !HOP.has(k)) out[k] = v;
-    }
-    const prior = h['x-forwarded-for'];
-    const client = req.socket.remoteAddress ?? '';
-    out['x-forwarded-for'] = prior ? `${prior}, ${client}` : client;
-    out['x-forwarded-proto'] = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
-    if (h.host) out['x-forwarded-host'] = h.host;
-    out['x-forwarded-prefix'] = `${PREFIX}${req.url!.startsWith(session.token, PREFIX.length) ? session.token : session.id}`;
-    return out;
+  private forwardedHeaders(req: IncomingMessage, session: LiveSession): string[] {
+    const key = req.url!.startsWith(session.token, PREFIX.length) ? session.token : session.id;
+    return forwardHeaders(req.rawHeaders, req.socket.remoteAddress ?? '', (req.socket as { encrypted?: boolean }).encrypted === true, `${PREFIX}${key}`);
   }
 
-  async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const session = await this.session(req, res);
-    if (!session || this.moveBrowser(req, res, session)) return;
+  handle(req: IncomingMessage, res: ServerResponse): void {
+    // A ready session (nearly every request) is forwarded in this tick: no promise, no await.
+    const session = this.readyNow(req.url!);
+    if (session) {
+      if (!this.moveBrowser(req, res, session)) this.forward(req, res, session);
+    } else void this.session(req, res).then((s) => s && !this.moveBrowser(req, res, s) && this.forward(req, res, s));
+  }
+
+  private forward(req: IncomingMessage, res: ServerResponse, session: LiveSession): void {
     const warm = session.warm!;
     session.touch();
     session.openSockets++;
     this.stats.requests++;
     this.stats.openSockets++;
-    let done = false;
-    const finish = () => {
-      if (done) return;
-      done = true;
-      session.openSockets--;
-      this.stats.openSockets--;
-      session.touch();
-    };
-    res.on('close', finish);
     const upstream = http.request({
       socketPath: warm.socketPath,
       agent: backendAgent(warm.socketPath),
@@ -159,30 +215,24 @@ export class SessionProxy {
       path: this.backendPath(session, req.url!),
       headers: this.forwardedHeaders(req, session),
     });
+    // One listener for both ends of the exchange: the response is done, or the client went away.
+    res.once('close', () => {
+      session.openSockets--;
+      this.stats.openSockets--;
+      session.touch();
+      if (!res.writableFinished) upstream.destroy();
+    });
     upstream.on('response', (up) => {
-      // The backend's headers as they came (a flat name/value list), less hop-by-hop ones.
-      const raw = up.rawHeaders;
-      const headers: string[] = [];
-      let referrerPolicy = false;
-      for (let i = 0; i < raw.length; i += 2) {
-        const name = raw[i]!.toLowerCase();
-        if (HOP.has(name)) continue;
-        if (name === 'referrer-policy') referrerPolicy = true;
-        headers.push(raw[i]!, raw[i + 1]!);
-      }
-      // A page at a token URL must not hand the token to other sites in Referer.
-      if (!referrerPolicy) headers.push('referrer-policy', 'same-origin');
-      res.writeHead(up.statusCode ?? 502, up.statusMessage, headers);
-      up.pipe(res);
+      res.writeHead(up.statusCode ?? 502, up.statusMessage, responseHeaders(up.rawHeaders));
+      relay(up, res);
     });
     upstream.on('error', () => {
       if (!res.headersSent) send(res, 502, 'Bad gateway', 'The session’s server did not answer.');
       else res.destroy();
     });
-    req.on('aborted', () => upstream.destroy());
     // A request without a body (most GETs) needs no stream plumbing.
-    if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined) upstream.end();
-    else req.pipe(upstream);
+    if (hasBody(req.rawHeaders)) relay(req, upstream);
+    else upstream.end();
   }
 
   /** WebSocket (or any) upgrade: replay the request head to the backend, then splice the sockets. */
@@ -213,10 +263,10 @@ export class SessionProxy {
     backend.on('connect', () => {
       const headers = this.forwardedHeaders(req, session);
       // Upgrade requests keep their Connection/Upgrade headers: they are the point.
-      headers.connection = req.headers.connection ?? 'Upgrade';
-      if (req.headers.upgrade) headers.upgrade = req.headers.upgrade;
+      headers.push('Connection', req.headers.connection ?? 'Upgrade');
+      if (req.headers.upgrade) headers.push('Upgrade', req.headers.upgrade);
       let text = `${req.method} ${this.backendPath(session, req.url!)} HTTP/1.1\r\n`;
-      for (const [k, v] of Object.entries(headers)) for (const one of Array.isArray(v) ? v : [v]) text += `${k}: ${one}\r\n`;
+      for (let i = 0; i < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
       backend.write(text + '\r\n');
       if (head.length) backend.write(head);
       backend.pipe(client);
@@ -227,6 +277,21 @@ export class SessionProxy {
   close(): void {
     dropAllBackendAgents();
   }
+}
+
+/**
+ * Stream `from` into `to` as it comes, pausing while `to` is full: what pipe()
+ * does, without the half-dozen listeners it adds and removes per request.
+ * An ended or failed `to` is handled by the caller's close and error listeners.
+ */
+function relay(from: IncomingMessage, to: http.OutgoingMessage): void {
+  from.on('data', (chunk: Buffer) => {
+    if (!to.write(chunk)) {
+      from.pause();
+      to.once('drain', () => from.resume());
+    }
+  });
+  from.on('end', () => to.end());
 }
 
 function send(res: ServerResponse, status: number, title: string, text: string, opts: { refresh?: boolean } = {}): void {

@@ -11,6 +11,9 @@ import { dirname, join } from 'node:path';
 import { KilnError } from '../errors.js';
 import { LAUNCHER_ENV } from './process/bwrap.js';
 
+/** How long socat may take to start listening, ms (exec'ing three programs on a busy machine). */
+const BRIDGE_START_MS = 2000;
+
 export class PortBridges {
   private readonly bridges = new Map<number, { path: string; child: ChildProcess }>();
 
@@ -45,10 +48,9 @@ export class PortBridges {
     child.stderr!.on('data', (c: Buffer) => (err = (err + c.toString()).slice(-2000)));
     child.on('error', () => undefined);
     this.bridges.set(port, { path, child });
-    for (let i = 0; i < 400 && !existsSync(path); i++) {
-      if (child.exitCode !== null) break;
-      await new Promise((r) => setTimeout(r, 5));
-    }
+    // A stat per millisecond: the bridge is often the last thing a cold start waits for.
+    const deadline = performance.now() + BRIDGE_START_MS;
+    while (!existsSync(path) && child.exitCode === null && performance.now() < deadline) await new Promise((r) => setTimeout(r, 1));
     if (!existsSync(path)) {
       child.kill('SIGKILL');
       throw new KilnError('sandbox_failed', `cannot bridge port ${port} into the sandbox: ${err.trim() || 'socat did not start'}`, 500);

@@ -35,7 +35,17 @@ export interface SandboxSpec {
    * A long-running process started with the sandbox and living as long as it
    * (a session's server). Execs then run beside it, in the same namespaces.
    */
-  main?: { command: string[]; env?: Record<string, string> };
+  main?: {
+    command: string[];
+    env?: Record<string, string>;
+    /**
+     * CPU cap (cores) while the server starts, until `mainReady()`; at least
+     * `limits.cpus`, which holds from then on. Default: `limits.cpus` throughout.
+     * A runtime that cannot change a live sandbox's cap cheaply ignores it
+     * (and has no `mainReady`).
+     */
+    startCpus?: number;
+  };
 }
 
 export interface ExecLimits {
@@ -113,6 +123,15 @@ export interface Sandbox {
   readonly mainExited: Promise<void> | undefined;
   /** With a `main`: the last lines it printed, to explain a failed start. */
   mainLog(): Promise<string>;
+  /** With a `main`: it passed its readiness check; ends the start-up CPU burst (`main.startCpus`). */
+  mainReady?(): Promise<void>;
+  /**
+   * With a `main`: whether something inside listens on TCP `port` where the
+   * port bridge reaches it (127.0.0.1 or a wildcard address). A cheap look
+   * (no connection), for polling a starting server often; undefined where
+   * the runtime cannot see the sandbox's sockets (then probe through the bridge).
+   */
+  portListening?(port: number): Promise<boolean>;
   /** Kill everything inside and remove all traces. Idempotent. */
   destroy(): Promise<void>;
 }

@@ -206,10 +206,13 @@ export class SessionService {
       }
       pool.adoptCold();
       session = make(newToken(), false);
-      await this.insert(session, this.deps.config.templates[req.template]!.runtime, null);
+      // The sandbox starts before the store insert, which runs while bwrap does; the cold
+      // start waits for the row before it writes to it, and gives everything back if it failed.
+      const inserted = this.insert(session, this.deps.config.templates[req.template]!.runtime, null);
       this.register(session);
-      const pending = this.coldStart(session, reservation, req.env ?? {}, started).finally(() => this.coldStarts.delete(pending));
+      const pending = this.coldStart(session, reservation, req.env ?? {}, started, inserted).finally(() => this.coldStarts.delete(pending));
       this.coldStarts.add(pending);
+      await inserted;
     }
     return session.view(true);
   }
@@ -222,14 +225,20 @@ export class SessionService {
     if (held >= max) throw new KilnError('too_many_sessions', `this address already holds ${held} session(s), the most allowed at once; close one or wait for it to end`, 429, { retryAfterS: 60 });
   }
 
-  private async coldStart(session: LiveSession, reservation: Reservation, env: Record<string, string>, started: number): Promise<void> {
+  private async coldStart(session: LiveSession, reservation: Reservation, env: Record<string, string>, started: number, inserted: Promise<void>): Promise<void> {
     let warm: WarmSandbox | undefined;
     try {
-      warm = await startWarm(this.deps.config, this.deps.runtimes, session.template, reservation, env, session.token);
+      const starting = startWarm(this.deps.config, this.deps.runtimes, session.template, reservation, env, session.token);
+      // Both settle before either is looked at, so a failed insert never leaves a sandbox running.
+      const [row, sandbox] = await Promise.allSettled([inserted, starting]);
+      if (sandbox.status === 'rejected') throw sandbox.reason;
+      warm = sandbox.value;
+      if (row.status === 'rejected') throw row.reason;
       if (session.status !== 'starting') throw new Error('deleted while starting');
       session.warm = warm;
-      await this.deps.db.updateTable('sessions').set({ sandbox_id: warm.sandbox.id }).where('id', '=', session.id).execute();
-      await this.transition(session, 'ready');
+      // One store write for the sandbox id and the status: the session is ready (and the proxy's
+      // held requests go on) as soon as the status changes in memory, before this write.
+      await this.transition(session, 'ready', undefined, { sandbox_id: warm.sandbox.id });
       this.deps.events.safeEmit('session:claimed', { template: session.template, fromPool: false, ms: performance.now() - started });
       this.watchMain(session);
     } catch (e) {
@@ -287,7 +296,7 @@ export class SessionService {
   }
 
   /** The one place a status changes: checked against TRANSITIONS, stored, emitted. */
-  private async transition(session: LiveSession, to: SessionStatus, reason?: StopReason): Promise<void> {
+  private async transition(session: LiveSession, to: SessionStatus, reason?: StopReason, also: { sandbox_id?: string } = {}): Promise<void> {
     if (!TRANSITIONS[session.status].includes(to)) return;
     session.status = to;
     if (reason) session.stopReason = reason;
@@ -297,7 +306,7 @@ export class SessionService {
     const v = session.view();
     await this.deps.db
       .updateTable('sessions')
-      .set({ status: to, stop_reason: v.stopReason ?? null, ready_at: v.readyAt ?? null, stopped_at: v.stoppedAt ?? null, last_activity_at: v.lastActivityAt, error: v.error ?? null })
+      .set({ ...also, status: to, stop_reason: v.stopReason ?? null, ready_at: v.readyAt ?? null, stopped_at: v.stoppedAt ?? null, last_activity_at: v.lastActivityAt, error: v.error ?? null })
       .where('id', '=', session.id)
       .execute();
     this.deps.events.safeEmit('session:status', v);

@@ -1,17 +1,85 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { existsSync, readFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import { ProcessRuntime } from '../../src/runtimes/process/driver.js';
 import { DEFAULT_CONFIG } from '../../src/config/defaults.js';
+import type { SandboxLimits } from '../../src/runtimes/types.js';
 import { runtimeContract } from './contract.js';
 
 const instanceId = `test-${randomBytes(4).toString('hex')}`;
-runtimeContract(
-  () =>
-    new ProcessRuntime({
-      instanceId,
-      sandboxRoot: '/run/kiln',
-      uid: DEFAULT_CONFIG.runtimes.process.uid,
-      gid: DEFAULT_CONFIG.runtimes.process.gid,
-      systemDirs: DEFAULT_CONFIG.runtimes.process.systemDirs,
-    }),
-  { python: 'python3' },
-);
+const makeRuntime = () =>
+  new ProcessRuntime({
+    instanceId,
+    sandboxRoot: '/run/kiln',
+    uid: DEFAULT_CONFIG.runtimes.process.uid,
+    gid: DEFAULT_CONFIG.runtimes.process.gid,
+    systemDirs: DEFAULT_CONFIG.runtimes.process.systemDirs,
+  });
+runtimeContract(makeRuntime, { python: 'python3' });
+
+// Beyond the contract: what only the process runtime offers a session's server.
+const rt = makeRuntime();
+const LIMITS: SandboxLimits = { cpus: 0.5, memoryMb: 256, pids: 64, diskMb: 16 };
+
+/** The CPU cap (cores) and weight of a cgroup of this instance, on cgroup v2 or v1. */
+function cpuOf(rel: string): { cap: number; weight: number } {
+  const v2 = join('/sys/fs/cgroup/kiln', instanceId, rel);
+  if (existsSync(join(v2, 'cpu.max'))) {
+    const [quota, period] = readFileSync(join(v2, 'cpu.max'), 'utf8').trim().split(' ').map(Number);
+    return { cap: quota! / period!, weight: Number(readFileSync(join(v2, 'cpu.weight'), 'utf8')) / 100 };
+  }
+  const v1 = join('/sys/fs/cgroup/cpu/kiln', instanceId, rel);
+  const read = (f: string) => Number(readFileSync(join(v1, f), 'utf8'));
+  return { cap: read('cpu.cfs_quota_us') / read('cpu.cfs_period_us'), weight: read('cpu.shares') / 1024 };
+}
+
+test('process: a server starts with its start-up CPU cap, and gets the sandbox quota once ready; weights follow reservations', async () => {
+  const sb = await rt.create({ template: 'burst', limits: LIMITS, main: { command: ['sleep', '60'], startCpus: 2 } });
+  try {
+    assert.deepEqual(cpuOf(sb.id), { cap: 2, weight: 0.5 }, 'the burst raises the cap, never the weight');
+    assert.equal(cpuOf(`${sb.id}/main`).cap, 2);
+    await sb.mainReady!();
+    assert.deepEqual(cpuOf(sb.id), { cap: 0.5, weight: 0.5 });
+    assert.equal(cpuOf(`${sb.id}/main`).cap, 0.5);
+  } finally {
+    await sb.destroy();
+  }
+  const plain = await rt.create({ template: 'burst', limits: { ...LIMITS, cpus: 1 }, main: { command: ['sleep', '60'] } });
+  try {
+    assert.deepEqual(cpuOf(plain.id), { cap: 1, weight: 1 }, 'without startCpus the sandbox quota holds from the start');
+  } finally {
+    await plain.destroy();
+  }
+});
+
+test('process: portListening sees the server listen inside the sandbox, and nothing else', async () => {
+  // A listener on the host must not count: the look is into the sandbox's own network namespace.
+  const host = createServer().listen(0, '127.0.0.1');
+  await once(host, 'listening');
+  const hostPort = (host.address() as AddressInfo).port;
+  const server = 'import socket, time\ns = socket.socket()\ns.bind(("127.0.0.1", 8081))\ns.listen()\ntime.sleep(60)';
+  const sb = await rt.create({ template: 'listen', limits: LIMITS, main: { command: ['python3', '-c', server] } });
+  const idle = await rt.create({ template: 'listen', limits: LIMITS });
+  try {
+    // Bounded wait for the interpreter to start; nothing is asserted about how long it took.
+    let seen = false;
+    for (let i = 0; i < 500 && !seen; i++) {
+      seen = await sb.portListening!(8081);
+      if (!seen) await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(seen, true, 'port 8081 listening');
+    assert.equal(await sb.portListening!(8082), false, 'no listener on 8082');
+    assert.equal(await sb.portListening!(hostPort), false, "the host's listener is not the sandbox's");
+    const ex = await sb.exec({ command: ['python3', '-c', 'import socket; socket.create_connection(("127.0.0.1", 8081)); print("ok")'], limits: { wallMs: 5000, cpuMs: 5000, memoryMb: 64, pids: 8, outputBytes: 100 } });
+    assert.equal(ex.stdout.toString(), 'ok\n', 'the listener seen is the one inside the sandbox');
+    assert.equal(await idle.portListening!(8081), false, 'a sandbox without a main listens on nothing');
+  } finally {
+    await sb.destroy();
+    await idle.destroy();
+    host.close();
+  }
+});

@@ -1,4 +1,4 @@
-/** Pure parts: config layering, request validation, paths, output capping, the queue. */
+/** Pure parts: config layering, request validation, paths, output capping, the queue, proxy headers, readiness polling. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -12,6 +12,9 @@ import { relativePathProblem } from '../../src/sandbox/paths.js';
 import { CappedBuffer } from '../../src/sandbox/output.js';
 import { WorkQueue } from '../../src/runs/queue.js';
 import { KilnError } from '../../src/errors.js';
+import { forwardHeaders, hasBody, responseHeaders } from '../../src/proxy/proxy.js';
+import { tableListensOn } from '../../src/runtimes/listening.js';
+import { readyPollDelayMs } from '../../src/pools/warm.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kiln-unit-'));
 const file = (name: string, text: string) => {
@@ -144,4 +147,80 @@ test('queue: runs at most `concurrency` at once and refuses past `queueMax`', as
   }
   await q.idle();
   assert.equal(peak, 2);
+});
+
+test('proxy: request headers lose hop-by-hop ones, keep one Host, and carry X-Forwarded-*', () => {
+  const raw = [
+    'Host', 'kiln.example:7070',
+    'Connection', 'keep-alive, X-Secret',
+    'Keep-Alive', 'timeout=5',
+    'Transfer-Encoding', 'chunked',
+    'Upgrade', 'h2c',
+    'Proxy-Authorization', 'Basic eA==',
+    'X-Forwarded-For', '10.0.0.1',
+    'x-forwarded-for', '10.0.0.2',
+    'X-Forwarded-Proto', 'https',
+    'X-Forwarded-Host', 'evil',
+    'X-Forwarded-Prefix', '/evil',
+    'Host', 'second.example',
+    'Cookie', 'a=1',
+    'Cookie', 'b=2',
+    'Accept', '*/*',
+  ];
+  assert.deepEqual(forwardHeaders(raw, '127.0.0.1', false, '/s/tok'), [
+    'Host', 'kiln.example:7070',
+    'Cookie', 'a=1',
+    'Cookie', 'b=2',
+    'Accept', '*/*',
+    'X-Forwarded-For', '10.0.0.1, 10.0.0.2, 127.0.0.1',
+    'X-Forwarded-Proto', 'http',
+    'X-Forwarded-Host', 'kiln.example:7070',
+    'X-Forwarded-Prefix', '/s/tok',
+  ]);
+  // HTTP/1.0 without Host: the backend still gets one, and no X-Forwarded-Host is made up.
+  assert.deepEqual(forwardHeaders(['Accept', '*/*'], '::1', true, '/s/t'), [
+    'Accept', '*/*',
+    'Host', 'localhost',
+    'X-Forwarded-For', '::1',
+    'X-Forwarded-Proto', 'https',
+    'X-Forwarded-Prefix', '/s/t',
+  ]);
+});
+
+test('proxy: response headers keep order and duplicates, less hop-by-hop ones; bodies are announced by length or encoding', () => {
+  const raw = ['Content-Type', 'text/html', 'Set-Cookie', 'a=1', 'Connection', 'close', 'Set-Cookie', 'b=2', 'Transfer-Encoding', 'chunked', 'Keep-Alive', 'timeout=5'];
+  assert.deepEqual(responseHeaders(raw), ['Content-Type', 'text/html', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'Referrer-Policy', 'same-origin']);
+  assert.deepEqual(responseHeaders(['referrer-policy', 'origin']), ['referrer-policy', 'origin'], "the app's own policy stands");
+  assert.equal(hasBody(['Host', 'x', 'Content-Length', '0']), true);
+  assert.equal(hasBody(['host', 'x', 'transfer-encoding', 'chunked']), true);
+  assert.equal(hasBody(['Host', 'x', 'Content-Type', 'text/plain', 'X-Content-Length', '5']), false);
+});
+
+test('listening: only a LISTEN socket on the port, at an address the bridge reaches', () => {
+  // Lines as the kernel writes them (addresses little-endian hex): 8080 = 1F90.
+  const tcp = [
+    '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode',
+    '   0: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000 65534        0 1 1 0 100 0 0 10 0',
+    '   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000 65534        0 2 1 0 20 4 30 10 -1',
+  ].join('\n');
+  assert.equal(tableListensOn(tcp, 8080), false, 'an established connection on 8080 is not a listener');
+  assert.equal(tableListensOn(tcp, 8081), true);
+  const listen = (addr: string) => `  sl  local_address\n   0: ${addr}:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 3 1`;
+  assert.equal(tableListensOn(listen('00000000'), 8080), true, '0.0.0.0');
+  assert.equal(tableListensOn(listen('0100007F'), 8080), true, '127.0.0.1');
+  assert.equal(tableListensOn(listen('00000000000000000000000000000000'), 8080), true, '::');
+  assert.equal(tableListensOn(listen('0000000000000000FFFF00000100007F'), 8080), true, '::ffff:127.0.0.1');
+  assert.equal(tableListensOn(listen('00000000000000000000000001000000'), 8080), false, '::1 only: the bridge dials 127.0.0.1');
+  assert.equal(tableListensOn('', 8080), false);
+});
+
+test('readiness polls: a tenth of the time so far, never under 2 ms nor over 25 ms', () => {
+  fc.assert(
+    fc.property(fc.double({ min: 0, max: 1e7, noNaN: true }), (elapsed) => {
+      const d = readyPollDelayMs(elapsed);
+      assert.ok(d >= 2 && d <= 25);
+      assert.ok(d <= Math.max(2, elapsed / 10) + 1e-9);
+      assert.ok(d >= Math.min(25, elapsed / 10) - 1e-9);
+    }),
+  );
 });

@@ -45,6 +45,13 @@ const V1_CONTROLLERS = ['memory', 'pids', 'cpu', 'cpuacct', 'freezer'] as const;
 
 export type CgroupMode = 'v2' | 'v1';
 
+const CPU_PERIOD_US = 100000;
+
+/** CFS quota per period for a CPU cap in cores (the kernel refuses less than 1 ms). */
+function cpuQuotaUs(cpus: number): number {
+  return Math.max(1000, Math.round(cpus * CPU_PERIOD_US));
+}
+
 export function detectCgroupMode(): CgroupMode | undefined {
   if (existsSync(join(ROOT, 'cgroup.controllers'))) return 'v2';
   if (existsSync(join(ROOT, 'memory', 'memory.limit_in_bytes'))) return 'v1';
@@ -94,7 +101,13 @@ export class Cgroup {
     return new Cgroup(mode, rel);
   }
 
-  /** Make the cgroup (parents included) and set its limits. */
+  /**
+   * Make the cgroup (parents included) and set its limits. Its CPU weight is
+   * proportional to its CPUs (what the budget reserved): under contention,
+   * sandboxes share the CPU in proportion to their reservations, so CPU a
+   * sandbox may use above its reservation (a start-up burst) comes out of
+   * idle time, not out of another sandbox's share.
+   */
   static async create(mode: CgroupMode, rel: string, limits: CgroupLimits): Promise<Cgroup> {
     const cg = new Cgroup(mode, rel);
     if (mode === 'v2') {
@@ -104,7 +117,8 @@ export class Cgroup {
       writeFile(join(d, 'memory.max'), String(limits.memoryMb * 1024 * 1024));
       await tryWrite(join(d, 'memory.swap.max'), '0');
       writeFile(join(d, 'pids.max'), String(limits.pids));
-      writeFile(join(d, 'cpu.max'), `${Math.max(1000, Math.round(limits.cpus * 100000))} 100000`);
+      writeFile(join(d, 'cpu.max'), `${cpuQuotaUs(limits.cpus)} ${CPU_PERIOD_US}`);
+      await tryWrite(join(d, 'cpu.weight'), String(Math.min(10000, Math.max(1, Math.round(limits.cpus * 100)))));
     } else {
       for (const c of V1_CONTROLLERS) {
         if (existsSync(join(ROOT, c))) mkdir(cg.dir(c), { recursive: true });
@@ -114,10 +128,20 @@ export class Cgroup {
       // Without swap accounting this file is absent; the memory limit alone then holds.
       await tryWrite(join(mem, 'memory.memsw.limit_in_bytes'), String(limits.memoryMb * 1024 * 1024));
       writeFile(join(cg.dir('pids'), 'pids.max'), String(limits.pids));
-      writeFile(join(cg.dir('cpu'), 'cpu.cfs_period_us'), '100000');
-      writeFile(join(cg.dir('cpu'), 'cpu.cfs_quota_us'), String(Math.max(1000, Math.round(limits.cpus * 100000))));
+      writeFile(join(cg.dir('cpu'), 'cpu.cfs_period_us'), String(CPU_PERIOD_US));
+      writeFile(join(cg.dir('cpu'), 'cpu.cfs_quota_us'), String(cpuQuotaUs(limits.cpus)));
+      await tryWrite(join(cg.dir('cpu'), 'cpu.shares'), String(Math.max(2, Math.round(limits.cpus * 1024))));
     }
     return cg;
+  }
+
+  /**
+   * Change the CPU cap (cores) of a live cgroup, keeping its weight: how a
+   * session's server gets a start-up burst and then its template's quota.
+   */
+  setCpuCap(cpus: number): void {
+    if (this.mode === 'v2') writeFile(join(ROOT, this.rel, 'cpu.max'), `${cpuQuotaUs(cpus)} ${CPU_PERIOD_US}`);
+    else writeFile(join(this.dir('cpu'), 'cpu.cfs_quota_us'), String(cpuQuotaUs(cpus)));
   }
 
   /** Files a launcher writes its own pid into to join every controller. */

@@ -10,7 +10,7 @@
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync } from 'node:fs';
 import { access, chmod, chown, constants as fsConstants, mkdir, readdir, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
 import { totalmem } from 'node:os';
 import { join, posix } from 'node:path';
@@ -24,6 +24,7 @@ import { Cgroup, detectCgroupMode, listChildren, type CgroupMode } from './cgrou
 import { enterArgv, launchArgv, LAUNCHER_ENV, LAUNCHER_ERROR_PREFIX, STATUS_FD } from './bwrap.js';
 import { buildSeccompFilter, filterDigest } from './seccomp.js';
 import { PortBridges } from '../bridge.js';
+import { portListening } from '../listening.js';
 import { decodeExit } from '../kernel.js';
 
 const run = promisify(execFile);
@@ -138,9 +139,15 @@ export class ProcessRuntime implements Runtime {
     try {
       // bwrap resolves the work dir's path as the sandbox uid, so its parents are
       // traversable (0711: not listable); the work dir itself is the sandbox uid's alone.
-      await mkdir(dir, { mode: 0o711 });
-      await mkdir(work, { mode: 0o700 });
-      await chown(work, this.opts.uid, this.opts.gid).catch(() => undefined);
+      // Synchronous: on the sandbox root's tmpfs these answer in microseconds, less than
+      // three hops through libuv's thread pool on a cold start's path (as in cgroups.ts).
+      mkdirSync(dir, { mode: 0o711 });
+      mkdirSync(work, { mode: 0o700 });
+      try {
+        chownSync(work, this.opts.uid, this.opts.gid);
+      } catch {
+        // not root (tests of the error paths): the work dir stays ours
+      }
       cgroup = await Cgroup.create(mode, `${this.cgroupBase}/${id}`, spec.limits);
     } catch (e) {
       await rm(dir, { recursive: true, force: true });
@@ -262,6 +269,8 @@ class ProcessSandbox implements Sandbox {
   private readonly running = new Set<Promise<unknown>>();
   /** The main process (a session's server) and the host pid whose namespaces execs enter. */
   private main: { child: ChildProcess; nsPid: number; log: CappedTail } | undefined;
+  /** The main's cgroup while it runs with a start-up CPU cap above the sandbox's own. */
+  private burst: Cgroup | undefined;
   mainExited: Promise<void> | undefined;
   private readonly bridges: PortBridges;
 
@@ -280,9 +289,15 @@ class ProcessSandbox implements Sandbox {
   }
 
   /** Start the long-running main process in a fresh bwrap; execs will enter its namespaces. */
-  async startMain(main: { command: string[]; env?: Record<string, string> }): Promise<void> {
+  async startMain(main: NonNullable<SandboxSpec['main']>): Promise<void> {
     this.codeHasRun = true;
     const cg = await Cgroup.create(this.mode, `${this.cgroup.rel}/main`, this.spec.limits);
+    if (main.startCpus !== undefined && main.startCpus > this.spec.limits.cpus) {
+      // The start-up burst: both caps (v1 applies the parent's too) until mainReady().
+      this.cgroup.setCpuCap(main.startCpus);
+      cg.setCpuCap(main.startCpus);
+      this.burst = cg;
+    }
     const argv = launchArgv({
       cgroupProcsFiles: cg.procsFiles(),
       cpuSeconds: 'unlimited',
@@ -322,6 +337,17 @@ class ProcessSandbox implements Sandbox {
 
   async mainLog(): Promise<string> {
     return this.main?.log.text() ?? '';
+  }
+
+  async mainReady(): Promise<void> {
+    if (!this.burst || this.destroyed) return;
+    this.burst.setCpuCap(this.spec.limits.cpus);
+    this.cgroup.setCpuCap(this.spec.limits.cpus);
+    this.burst = undefined;
+  }
+
+  async portListening(port: number): Promise<boolean> {
+    return this.main !== undefined && portListening(this.main.nsPid, port);
   }
 
   async portSocket(port: number): Promise<string> {
