@@ -81,6 +81,17 @@ export const DEFAULT_CONFIG: KilnConfig = {
       limits: { cpus: 0.5, memoryMb: 256, pids: 64 },
       openPath: '/',
     },
+    // The same demo under gVisor: each backend connection enters the sandbox through an exec relay.
+    'demo-gvisor': {
+      runtime: 'gvisor',
+      image: 'kiln-python:local',
+      command: ['python3', '/usr/share/kiln/demo_server.py'],
+      port: 8080,
+      ready: { http: '/' },
+      pool: { min: 0, max: 20 },
+      limits: { cpus: 0.5, memoryMb: 256, pids: 64 },
+      openPath: '/',
+    },
   },
   languages: {
     python: { template: 'host', file: 'main.py', run: ['python3', 'main.py'], version: ['python3', '--version'] },

@@ -106,10 +106,6 @@ function check(config: unknown, source: string): void {
     if ((t.runtime === 'docker' || t.runtime === 'gvisor') && !t.image) {
       throw new KilnError('invalid_config', `${source}: "templates.${name}.image" is required for runtime ${t.runtime}`);
     }
-    if (t.runtime === 'gvisor' && t.port !== undefined) {
-      // runsc runs with --network=none: kiln's port bridge cannot reach the sentry's own loopback.
-      throw new KilnError('invalid_config', `${source}: "templates.${name}.port": runtime gvisor cannot serve sessions yet (its sandbox network is inside gVisor); use runtime docker`);
-    }
     if ((t.command === undefined) !== (t.port === undefined)) {
       throw new KilnError('invalid_config', `${source}: "templates.${name}" needs both command and port to serve sessions, or neither`);
     }

@@ -30,6 +30,8 @@ export function newToken(): string {
   return randomBytes(16).toString('base64url');
 }
 
+/** One readiness probe gives up after this long, ms. */
+const PROBE_TIMEOUT_MS = 5000;
 /**
  * How long to wait before the next readiness look, ms, `elapsedMs` after the
  * start began: a tenth of the time so far, from 2 ms up to 25 ms. Most of a
@@ -109,7 +111,8 @@ function httpProbe(socketPath: string, path: string): Promise<boolean> {
       res.resume();
       resolve((res.statusCode ?? 500) < 500);
     });
-    const timer = setTimeout(() => req.destroy(), 1000);
+    // Generous: opening a backend connection may itself take hundreds of ms (gVisor's exec relay) on a busy host.
+    const timer = setTimeout(() => req.destroy(), PROBE_TIMEOUT_MS);
     req.on('error', () => {
       clearTimeout(timer);
       resolve(false);

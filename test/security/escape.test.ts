@@ -37,13 +37,11 @@ interface RuntimeUnderTest {
   runWorkDirCap: 'disk' | 'memory';
 }
 
-/**
- * The runtimes attacked, one entry each. The gvisor runtime (branch gvisor)
- * joins with one line: { runtime: 'gvisor', template: { runtime: 'gvisor', image: 'kiln-python:local' }, runWorkDirCap: 'disk' }.
- */
+/** The runtimes attacked, one entry each: every attack runs on every runtime. */
 const RUNTIMES: RuntimeUnderTest[] = [
   { runtime: 'process', template: { runtime: 'process' }, runWorkDirCap: 'memory' },
   { runtime: 'docker', template: { runtime: 'docker', image: 'kiln-python:local' }, runWorkDirCap: 'disk' },
+  { runtime: 'gvisor', template: { runtime: 'gvisor', image: 'kiln-python:local' }, runWorkDirCap: 'disk' },
 ];
 
 const DISK_MB = 16;

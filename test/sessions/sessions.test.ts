@@ -13,12 +13,19 @@ let base: string;
 import type { KilnConfig } from '../../src/config/schema.js';
 import { followEvents } from '../../src/cli/client.js';
 
+/** The demo server on each runtime: process, docker (runc), gvisor (runsc, reached through exec relays). */
+const SESSION_TEMPLATES = ['demo-web', 'demo-docker', 'demo-gvisor'];
+
 function sessionConfig(): KilnConfig {
   const c = testConfig({
     budget: { cpuTotal: 64, memoryTotalMb: 64 * 1024 },
     sessions: { expiryIntervalS: 0.2, holdRequestS: 20 },
   });
-  for (const name of ['demo-web', 'demo-docker']) c.templates[name] = { ...c.templates[name]!, pool: { min: 2, max: 8 }, limits: { cpus: 0.25, memoryMb: 128, pids: 64 } };
+  for (const name of SESSION_TEMPLATES) {
+    c.templates[name] = { ...c.templates[name]!, pool: { min: 2, max: 8 }, limits: { cpus: 0.25, memoryMb: 128, pids: 64 } };
+    // The same template, cold-started, idle after 2 s.
+    c.templates[`${name}-short`] = { ...c.templates[name]!, pool: { min: 0, max: 2 }, idleTimeoutS: 2, maxDurationS: 60, warnings: { idleS: 1, durationS: 0 } };
+  }
   c.templates['short-web'] = { ...c.templates['demo-web']!, pool: { min: 0, max: 4 }, idleTimeoutS: 2, maxDurationS: 60, warnings: { idleS: 1, durationS: 0 } };
   c.templates['brief-web'] = { ...c.templates['demo-web']!, pool: { min: 0, max: 4 }, idleTimeoutS: 60, maxDurationS: 2, warnings: { idleS: 0, durationS: 1 } };
   return c;
@@ -61,7 +68,7 @@ describe('sessions', () => {
     await t.close();
   });
 
-  for (const template of ['demo-web', 'demo-docker']) {
+  for (const template of SESSION_TEMPLATES) {
     describe(`sessions on ${template}`, () => {
       test('a warm claim answers at once; HTTP GET and POST reach the server through the proxy', async () => {
         await poolReady(template, 2);
@@ -136,6 +143,18 @@ describe('sessions', () => {
           assert.match(r.body.error.message, field);
         }
         await api('DELETE', `/v1/sessions/${s.body.id}`);
+      });
+
+      test('an idle session ends after a warning, and its backend connections go with it', async () => {
+        const s = await api('POST', '/v1/sessions', { template: `${template}-short` });
+        assert.equal(s.status, 201, JSON.stringify(s.body));
+        const events = readEvents(`/v1/sessions/${s.body.id}/events`, (e) => e === 'stopped');
+        // Held by the proxy through the cold start; it opens a backend connection the reaper must close.
+        assert.equal((await fetch(`${base}${s.body.url}info`)).status, 200);
+        const got = await events;
+        assert.ok(got.some((e) => e.event === 'warning' && e.data.kind === 'idle'), JSON.stringify(got.map((e) => e.event)));
+        assert.equal(got.at(-1)!.data.stopReason, 'idle');
+        assert.equal((await fetch(`${base}${s.body.url}`)).status, 410);
       });
     });
   }
@@ -240,6 +259,7 @@ describe('sessions', () => {
     const c = sessionConfig();
     c.templates['demo-web'] = { ...c.templates['demo-web']!, pool: { min: 5, max: 10 } };
     c.templates['demo-docker'] = { ...c.templates['demo-docker']!, pool: { min: 0, max: 10 } };
+    c.templates['demo-gvisor'] = { ...c.templates['demo-gvisor']!, pool: { min: 0, max: 10 } };
     c.budget = { cpuTotal: 64, memoryTotalMb: 64 * 1024 };
     const k = await startTestKiln(c);
     try {
@@ -269,6 +289,7 @@ describe('sessions', () => {
     c.budget = { cpuTotal: 0.5, memoryTotalMb: 64 * 1024 };
     c.templates['demo-web'] = { ...c.templates['demo-web']!, pool: { min: 0, max: 10 } };
     c.templates['demo-docker'] = { ...c.templates['demo-docker']!, pool: { min: 0, max: 10 } };
+    c.templates['demo-gvisor'] = { ...c.templates['demo-gvisor']!, pool: { min: 0, max: 10 } };
     const k = await startTestKiln(c);
     try {
       const url = await k.app.listen({ port: 0, host: '127.0.0.1' });

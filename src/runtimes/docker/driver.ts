@@ -28,6 +28,7 @@ import { WORK_DIR } from '../types.js';
 import { decodeExit, readKey, readNumber as readNum } from '../kernel.js';
 import { PortBridges } from '../bridge.js';
 import { PidLineReader, killScript, sentryHostLimits, wrapWithPidLine } from '../gvisor/sentry.js';
+import { ExecRelays, relayMounts } from '../gvisor/relay.js';
 
 export interface DockerRuntimeOptions {
   instanceId: string;
@@ -119,6 +120,8 @@ export class DockerRuntime implements Runtime {
             [WORK_DIR]: `rw,exec,nosuid,nodev,size=${spec.limits.diskMb}m,mode=0700,uid=65534,gid=65534`,
             '/tmp': `rw,nosuid,nodev,size=${spec.limits.diskMb}m,mode=1777`,
           },
+          // gVisor: the exec relay that carries session connections (see ../gvisor/relay.ts).
+          ...(this.opts.sentry ? { Mounts: relayMounts() } : {}),
           ...(this.opts.sentry
             ? sentryHostLimits(spec.limits)
             : { Memory: memory, MemorySwap: memory, PidsLimit: spec.limits.pids, Ulimits: [{ Name: 'core', Soft: 0, Hard: 0 }] }),
@@ -168,7 +171,8 @@ export class DockerRuntime implements Runtime {
 class DockerSandbox implements Sandbox {
   private destroyed = false;
   private readonly cgroup: ContainerCgroup;
-  private readonly bridges: PortBridges;
+  /** How ports are reached: socat in the container's netns (runc), or an exec relay (gVisor's netstack). */
+  private readonly bridges: PortBridges | ExecRelays;
   readonly mainExited: Promise<void> | undefined;
   /** Memory and pids limits the container has now; an exec narrower than these updates them first. */
   private current: { memoryMb: number; pids: number };
@@ -189,15 +193,15 @@ class DockerSandbox implements Sandbox {
   ) {
     this.cgroup = new ContainerCgroup(fullId);
     this.current = { memoryMb: spec.limits.memoryMb, pids: spec.limits.pids };
-    this.bridges = new PortBridges(join(BRIDGE_ROOT, id), bridgeUid, bridgeUid);
+    this.bridges = sentry
+      ? new ExecRelays(join(BRIDGE_ROOT, id), container, SANDBOX_USER, relayMounts().length > 0)
+      : new PortBridges(join(BRIDGE_ROOT, id), bridgeUid, bridgeUid);
     this.mainExited = spec.main ? container.wait().then(() => undefined, () => undefined) : undefined;
   }
 
   async portSocket(port: number): Promise<string> {
-    if (this.sentry) {
-      // The bridge enters the host network namespace; under runsc the sandbox's loopback lives in gVisor's netstack instead.
-      throw new KilnError('runtime_unsupported', `runtime ${this.runtime} cannot serve port ${port}: its network is inside gVisor, out of reach of kiln's bridge; use runtime docker for session templates`, 501);
-    }
+    // Under runsc the sandbox's loopback lives in gVisor's netstack, not in a host network namespace.
+    if (this.bridges instanceof ExecRelays) return this.bridges.open(port);
     return this.bridges.open(this.nsPid, port);
   }
 

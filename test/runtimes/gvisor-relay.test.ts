@@ -1,0 +1,114 @@
+/**
+ * Exec relays (src/runtimes/gvisor/relay.ts) against a real gVisor sandbox:
+ * a small TCP server inside, reached only through the unix socket portSocket
+ * returns. Needs dockerd with runsc and /usr/local/lib/kiln/kiln-relay
+ * (scripts/setup); fails, never skips, without them.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { GvisorRuntime } from '../../src/runtimes/gvisor/driver.js';
+import { RELAY_PATH } from '../../src/runtimes/gvisor/relay.js';
+import type { Sandbox } from '../../src/runtimes/types.js';
+import { LIMITS } from './contract.js';
+
+const PORT = 9000;
+// An echo server; a connection starting with "h" is held open and never read, so only a kill ends its relay.
+// asyncio: one thread, since threads count against the sandbox's process limit.
+const SERVER = `
+import asyncio
+async def serve(r, w):
+    data = await r.read(1)
+    if data == b'h':
+        await asyncio.Event().wait()
+    while data:
+        w.write(data); await w.drain()
+        data = await r.read(65536)
+    w.close()
+async def main():
+    server = await asyncio.start_server(serve, '127.0.0.1', ${PORT})
+    await server.serve_forever()
+asyncio.run(main())
+`;
+
+// Relays now running in the sandbox (the killer, argv "-k", excluded), with their uids.
+const RELAYS = `
+import os
+for p in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        argv = open(f'/proc/{p}/cmdline', 'rb').read().split(b'\\0')
+        uid = [l for l in open(f'/proc/{p}/status') if l.startswith('Uid:')][0].split()[1]
+    except OSError:
+        continue
+    if argv[0] == b'${RELAY_PATH}' and argv[1] != b'-k': print(uid)
+`;
+
+async function withServer(fn: (sb: Sandbox, socketPath: string) => Promise<void>): Promise<void> {
+  const rt = new GvisorRuntime({ instanceId: `test-${randomBytes(4).toString('hex')}`, socketPath: '/var/run/docker.sock' });
+  const sb = await rt.create({ template: 'relay', limits: { cpus: 1, memoryMb: 256, pids: 64, diskMb: 16 }, options: { image: 'kiln-python:local' }, main: { command: ['python3', '-c', SERVER] } });
+  try {
+    const socketPath = await sb.portSocket(PORT);
+    // Until the server listens, a relay connects to nothing and the connection ends without a byte.
+    for (let i = 0; i < 200 && (await exchange(socketPath, 'x')) !== 'x'; i++) await new Promise((r) => setTimeout(r, 100));
+    await fn(sb, socketPath);
+  } finally {
+    await sb.destroy();
+  }
+  assert.deepEqual(await rt.listOwn(), []);
+}
+
+/** Send `data` and read until as many bytes came back or the other side closed; then close. */
+function exchange(socketPath: string, data: string | Buffer): Promise<string> {
+  const want = Buffer.byteLength(data);
+  return new Promise((resolve, reject) => {
+    const s = net.connect(socketPath);
+    const got: Buffer[] = [];
+    let n = 0;
+    s.on('data', (c: Buffer) => {
+      got.push(c);
+      if ((n += c.length) >= want) s.end();
+    });
+    s.on('error', reject);
+    s.on('close', () => resolve(Buffer.concat(got).toString()));
+    s.write(data);
+  });
+}
+
+async function relays(sb: Sandbox): Promise<string[]> {
+  const r = await sb.exec({ command: ['python3', '-c', RELAYS], limits: LIMITS });
+  assert.equal(r.exitCode, 0, r.stderr.toString());
+  return r.stdout.toString().split('\n').filter(Boolean);
+}
+
+test('gvisor relay: bytes pass both ways, big bodies and several connections at once', async () => {
+  await withServer(async (_sb, socketPath) => {
+    assert.equal(await exchange(socketPath, 'ping'), 'ping');
+    const big = randomBytes(3 << 20).toString('hex');
+    assert.equal(await exchange(socketPath, big), big);
+    const many = await Promise.all(Array.from({ length: 8 }, (_, i) => exchange(socketPath, 'y'.repeat(i + 1))));
+    assert.deepEqual(many, Array.from({ length: 8 }, (_, i) => 'y'.repeat(i + 1)));
+  });
+});
+
+test('gvisor relay: a port nothing listens on ends the connection without a byte; a client that leaves kills its relay', async () => {
+  await withServer(async (sb, socketPath) => {
+    const nothing = await sb.portSocket(PORT + 1);
+    assert.equal(await exchange(nothing, 'anyone?'), '');
+    assert.deepEqual(await relays(sb), [], 'a relay that could not connect exits');
+
+    // The server holds this connection open forever: only kiln can end the relay once the client is gone.
+    const held = net.connect(socketPath);
+    held.write('h');
+    let running: string[] = [];
+    for (let i = 0; i < 300 && running.length === 0; i++) running = await relays(sb);
+    assert.deepEqual(running, ['65534'], 'the relay runs as the sandbox user');
+    held.destroy();
+    for (let i = 0; i < 300 && running.length > 0; i++) running = await relays(sb);
+    assert.deepEqual(running, [], 'the relay is killed when its client leaves');
+
+    const refused = await sb.exec({ command: [RELAY_PATH, '-k', '1'], limits: LIMITS });
+    assert.equal(refused.exitCode, 5, 'the killer refuses a pid that is not a relay');
+    assert.match(refused.stderr.toString(), /not a relay/);
+  });
+});
