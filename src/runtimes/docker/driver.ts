@@ -54,6 +54,30 @@ const BRIDGE_ROOT = '/run/kiln-docker';
 const CPU_POLL_MS = 20;
 const BASE_ENV = ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'TMPDIR=/tmp', 'LANG=C.UTF-8'];
 
+/**
+ * Paths masked in runc containers: Docker's defaults (the list replaces them) and
+ * the /dev entries beyond null, zero, random, urandom and tty. A masked file
+ * becomes /dev/null and a masked dir an empty read-only tmpfs, so /dev/full
+ * reads nothing and no pseudo-terminal can be opened.
+ */
+const MASKED_PATHS = [
+  '/proc/asound',
+  '/proc/acpi',
+  '/proc/kcore',
+  '/proc/keys',
+  '/proc/latency_stats',
+  '/proc/timer_list',
+  '/proc/timer_stats',
+  '/proc/sched_debug',
+  '/proc/scsi',
+  '/sys/firmware',
+  '/dev/full',
+  '/dev/ptmx',
+  '/dev/pts',
+  '/dev/mqueue',
+  '/dev/console',
+];
+
 export class DockerRuntime implements Runtime {
   readonly name: string;
   protected readonly docker: Docker;
@@ -121,7 +145,8 @@ export class DockerRuntime implements Runtime {
             '/tmp': `rw,nosuid,nodev,size=${spec.limits.diskMb}m,mode=1777`,
           },
           // gVisor: the exec relay that carries session connections (see ../gvisor/relay.ts).
-          ...(this.opts.sentry ? { Mounts: relayMounts() } : {}),
+          // runc: /dev keeps only null, zero, random, urandom and tty working (gVisor has its own /dev).
+          ...(this.opts.sentry ? { Mounts: relayMounts() } : { MaskedPaths: MASKED_PATHS }),
           ...(this.opts.sentry
             ? sentryHostLimits(spec.limits)
             : { Memory: memory, MemorySwap: memory, PidsLimit: spec.limits.pids, Ulimits: [{ Name: 'core', Soft: 0, Hard: 0 }] }),
