@@ -25,12 +25,6 @@ export class FixedWindow {
     }
   }
 
-  /** Seconds until `key` may go again (0 = now), without counting. */
-  peek(key: string): number {
-    this.roll();
-    return (this.counts.get(key) ?? 0) >= this.limit ? this.retryAfterS() : 0;
-  }
-
   /** Count one for `key`; returns 0 when allowed, else seconds to wait. */
   take(key: string): number {
     this.roll();
