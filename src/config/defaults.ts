@@ -4,6 +4,17 @@
  */
 import type { KilnConfig } from './schema.js';
 
+/** The demo server baked into kiln-python:local, as a session template of an image runtime. */
+const DEMO_IMAGE_SESSION = {
+  image: 'kiln-python:local',
+  command: ['python3', '/usr/share/kiln/demo_server.py'],
+  port: 8080,
+  ready: { http: '/' },
+  pool: { min: 0, max: 20 },
+  limits: { cpus: 0.5, memoryMb: 256, pids: 64 },
+  openPath: '/',
+};
+
 export const DEFAULT_CONFIG: KilnConfig = {
   server: { host: '127.0.0.1', port: 7070, dataDir: './.kiln', bodyLimitBytes: 10 * 1024 * 1024, orphanSweepS: 30, logLevel: 'info', tls: null, corsOrigins: [], rateLimitPerMinute: 6000, trustProxy: false },
   auth: { enabled: null, jwt: null, public: { sessionsPerClient: 2, createsPerMinute: 6 } },
@@ -71,27 +82,9 @@ export const DEFAULT_CONFIG: KilnConfig = {
       public: true,
     },
     // The same demo on the docker runtime (the server is baked into kiln-python:local).
-    'demo-docker': {
-      runtime: 'docker',
-      image: 'kiln-python:local',
-      command: ['python3', '/usr/share/kiln/demo_server.py'],
-      port: 8080,
-      ready: { http: '/' },
-      pool: { min: 0, max: 20 },
-      limits: { cpus: 0.5, memoryMb: 256, pids: 64 },
-      openPath: '/',
-    },
+    'demo-docker': { ...DEMO_IMAGE_SESSION, runtime: 'docker' },
     // The same demo under gVisor: each backend connection enters the sandbox through an exec relay.
-    'demo-gvisor': {
-      runtime: 'gvisor',
-      image: 'kiln-python:local',
-      command: ['python3', '/usr/share/kiln/demo_server.py'],
-      port: 8080,
-      ready: { http: '/' },
-      pool: { min: 0, max: 20 },
-      limits: { cpus: 0.5, memoryMb: 256, pids: 64 },
-      openPath: '/',
-    },
+    'demo-gvisor': { ...DEMO_IMAGE_SESSION, runtime: 'gvisor' },
   },
   languages: {
     python: { template: 'host', file: 'main.py', run: ['python3', 'main.py'], version: ['python3', '--version'] },

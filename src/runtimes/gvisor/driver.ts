@@ -4,7 +4,7 @@
  * host's. Templates see the same sandboxes as with `docker`; what differs
  * inside the driver is described in ./sentry.ts.
  */
-import { DockerRuntime } from '../docker/driver.js';
+import { DockerRuntime, withTimeout } from '../docker/driver.js';
 import type { RuntimeCheck } from '../types.js';
 
 /** The name scripts/setup registers runsc under in /etc/docker/daemon.json. */
@@ -60,14 +60,5 @@ export class GvisorRuntime extends DockerRuntime {
     } finally {
       await container.remove({ force: true }).catch(() => undefined);
     }
-  }
-}
-
-async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer in ${ms} ms`)), ms)))]);
-  } finally {
-    clearTimeout(timer);
   }
 }
