@@ -3,7 +3,7 @@
  * client commands talk to KILN_URL with KILN_TOKEN. Every failure is one line
  * on stderr and a non-zero exit.
  */
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
 import { readFileSync } from 'node:fs';
 import { basename, extname } from 'node:path';
 import { stringify as toYaml } from 'yaml';

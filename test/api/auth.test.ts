@@ -12,7 +12,7 @@ import { execFileSync } from 'node:child_process';
 import https from 'node:https';
 import http from 'node:http';
 import { Writable } from 'node:stream';
-import { SignJWT, generateKeyPair, exportSPKI } from 'jose';
+import { SignJWT, generateKeyPair } from 'jose';
 import { startTestKiln, testConfig, type TestKiln } from '../helpers.js';
 import { startKiln } from '../../src/app.js';
 import { buildApi } from '../../src/api/server.js';
