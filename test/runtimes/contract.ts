@@ -168,7 +168,7 @@ procs = []
 for p in os.listdir("/proc"):
     if p.isdigit():
         try:
-            s = status(p); procs.append([s["Name"], s["Uid"].split()[0], s.get("Seccomp", "-")])
+            s = status(p); procs.append([s["Name"], s["Uid"].split()[0], s.get("Seccomp", "-"), s["CapEff"]])
         except FileNotFoundError:
             pass
 me = status("self")
@@ -186,18 +186,21 @@ print(json.dumps({
       assert.equal(r.exitCode, 0, r.stderr.toString());
       const got = JSON.parse(r.stdout.toString());
       // Under gVisor the code talks to gVisor's kernel, not the host's (which the sentry's own seccomp filter
-      // guards). No filter is loaded inside gVisor, so code may make a user namespace: gVisor's own, not the host's.
+      // guards); kiln's filter is loaded inside too, so the sentry refuses what it denies.
       const sentry = rt.name === 'gvisor';
       if (sentry) assert.notEqual(got.kernel, readFileSync('/proc/version', 'utf8'), 'gVisor stands between the code and the host kernel');
       assert.deepEqual(got.status, ['65534\t65534\t65534\t65534', '0000000000000000', sentry ? '-' : '1', sentry ? got.status[3] : '2']);
       assert.equal(got.mount, 'EPERM');
-      if (!sentry) assert.equal(got.unshare_user, 'EPERM');
-      // Only the sandbox's own few processes, each unprivileged and filtered: nothing of the host's.
-      const procs = got.procs as [string, string, string][];
+      assert.equal(got.unshare_user, 'EPERM');
+      // Only the sandbox's own few processes, each without capabilities: nothing of the host's. Each runs as
+      // the sandbox uid, except under gVisor the keeper and its init, root without capabilities (so that a
+      // run's `kill -1` cannot end the sandbox before kiln reads the run's end).
+      const procs = got.procs as [string, string, string, string][];
       assert.ok(procs.length >= 2 && procs.length <= 4, JSON.stringify(procs));
-      for (const [name, uid, seccomp] of procs) {
+      for (const [name, uid, seccomp, capEff] of procs) {
         assert.ok(!/^(node|dockerd|containerd|systemd)/.test(name), `host process ${name} visible`);
-        assert.equal(uid, '65534', `${name} runs as uid ${uid}`);
+        assert.equal(capEff, '0000000000000000', `${name} has capabilities`);
+        if (!(sentry && ['docker-init', 'sleep'].includes(name))) assert.equal(uid, '65534', `${name} runs as uid ${uid}`);
         if (!sentry) assert.equal(seccomp, '2', `${name} runs without a seccomp filter`);
       }
       // gVisor checks permissions before the read-only mount: the write fails either way.

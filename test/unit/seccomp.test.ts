@@ -17,7 +17,7 @@ const ENOSYS = 0x00050000 | 38;
 
 const filter = buildSeccompFilter();
 
-/** Runs a classic BPF program over one struct seccomp_data (only the opcodes a filter may use: ld abs, jumps, ret k). */
+/** Runs a classic BPF program over one struct seccomp_data (only the opcodes kiln's filter uses: ld abs, and k, jumps, ret k). */
 function evaluate(prog: Buffer, data: { nr: number; arch: number; args?: number[] }): number {
   const input = Buffer.alloc(64);
   input.writeInt32LE(data.nr, 0);
@@ -32,6 +32,9 @@ function evaluate(prog: Buffer, data: { nr: number; arch: number; args?: number[
     switch (code) {
       case 0x20: // ld [k]
         acc = input.readUInt32LE(k);
+        break;
+      case 0x54: // and #k
+        acc = (acc & k) >>> 0;
         break;
       case 0x15: // jeq #k
         pc += acc === k ? jt : jf;
@@ -106,6 +109,18 @@ for (const a of ARCHES) {
     assert.equal(run(a.nr.personality, [0xffffffff]), ALLOW);
     assert.equal(run(a.nr.personality, [0x0400000]), EPERM); // READ_IMPLIES_EXEC
     assert.equal(run(a.nr.personality, [0x0040000]), EPERM); // ADDR_NO_RANDOMIZE
+  });
+
+  test(`seccomp ${a.name}: mknod makes FIFOs, sockets and files, never a device node`, () => {
+    const calls: [number, number][] = [[a.nr.mknodat, 2]];
+    if (a.nr.mknod !== undefined) calls.push([a.nr.mknod, 1]);
+    for (const [n, modeArg] of calls) {
+      const withMode = (mode: number) => run(n, Array.from({ length: modeArg + 1 }, (_, i) => (i === modeArg ? mode : 0)));
+      for (const type of [0o010000, 0o140000, 0o100000, 0]) assert.equal(withMode(type | 0o644), ALLOW, `type 0o${type.toString(8)}`);
+      assert.equal(withMode(0o020000 | 0o600), EPERM, 'character device');
+      assert.equal(withMode(0o060000 | 0o600), EPERM, 'block device');
+      assert.equal(withMode(0o060000 | 0o4777), EPERM, 'block device with set-id bits');
+    }
   });
 
   test(`seccomp ${a.name}: any other syscall number is allowed`, () => {

@@ -28,6 +28,7 @@ import { WORK_DIR } from '../types.js';
 import { decodeExit, readKey, readNumber as readNum } from '../kernel.js';
 import { PortBridges } from '../bridge.js';
 import { PidLineReader, killScript, sentryHostLimits, wrapWithPidLine } from '../gvisor/sentry.js';
+import { seccompMounts, underFilter } from '../gvisor/seccomp.js';
 import { ExecRelays, relayMounts } from '../gvisor/relay.js';
 
 export interface DockerRuntimeOptions {
@@ -50,7 +51,7 @@ export interface DockerTemplate {
 
 const SANDBOX_USER = '65534:65534';
 /** Port-bridge sockets: a root-owned host dir no container mounts. */
-const BRIDGE_ROOT = '/run/kiln-docker';
+export const BRIDGE_ROOT = '/run/kiln-docker';
 const CPU_POLL_MS = 20;
 const BASE_ENV = ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'TMPDIR=/tmp', 'LANG=C.UTF-8'];
 
@@ -119,14 +120,21 @@ export class DockerRuntime implements Runtime {
 
   private async createContainer(id: string, image: string, spec: SandboxSpec): Promise<Sandbox> {
     const memory = spec.limits.memoryMb * 1024 * 1024;
+    const sentry = this.opts.sentry ?? false;
+    const main = spec.main?.command ?? ['sleep', 'infinity'];
+    // Throws, before anything is created, when the seccomp helper is missing.
+    const sentryMounts = sentry ? [...relayMounts(), ...seccompMounts(BRIDGE_ROOT)] : [];
     let container: Docker.Container;
     try {
       container = await this.docker.createContainer({
         name: id,
         Image: image,
         // Without a main, a keeper holds the container open. Main or keeper is pid 1's only child under docker-init.
-        Cmd: spec.main?.command ?? ['sleep', 'infinity'],
-        User: SANDBOX_USER,
+        // gVisor: every program starts under kiln's seccomp filter (see ../gvisor/seccomp.ts).
+        Cmd: sentry ? underFilter(main) : main,
+        // gVisor: a keeper of the sandbox uid dies of a run's `kill -1`, and the container with it, before
+        // kiln has read the run's end. As root (no capabilities), the sandbox uid cannot signal it.
+        User: sentry && !spec.main ? '0:0' : SANDBOX_USER,
         WorkingDir: WORK_DIR,
         Env: [...BASE_ENV, ...Object.entries({ ...spec.env, ...spec.main?.env }).map(([k, v]) => `${k}=${v}`)],
         // kiln.runtime: docker and gvisor share the engine; each lists and reaps only its own.
@@ -144,10 +152,10 @@ export class DockerRuntime implements Runtime {
             [WORK_DIR]: `rw,exec,nosuid,nodev,size=${spec.limits.diskMb}m,mode=0700,uid=65534,gid=65534`,
             '/tmp': `rw,nosuid,nodev,size=${spec.limits.diskMb}m,mode=1777`,
           },
-          // gVisor: the exec relay that carries session connections (see ../gvisor/relay.ts).
+          // gVisor: the exec relay that carries session connections (see ../gvisor/relay.ts), the seccomp helper and filter.
           // runc: /dev keeps only null, zero, random, urandom and tty working (gVisor has its own /dev).
-          ...(this.opts.sentry ? { Mounts: relayMounts() } : { MaskedPaths: MASKED_PATHS }),
-          ...(this.opts.sentry
+          ...(sentry ? { Mounts: sentryMounts } : { MaskedPaths: MASKED_PATHS }),
+          ...(sentry
             ? sentryHostLimits(spec.limits)
             : { Memory: memory, MemorySwap: memory, PidsLimit: spec.limits.pids, Ulimits: [{ Name: 'core', Soft: 0, Hard: 0 }] }),
         },
@@ -161,7 +169,7 @@ export class DockerRuntime implements Runtime {
       await container.start();
       const info = await container.inspect();
       if (!info.State.Running) throw new Error(`the container exited at once (status ${info.State.ExitCode})`);
-      return new DockerSandbox(id, this.name, this.opts.sentry ?? false, container, this.docker, info.Id, info.State.Pid, spec, this.opts.bridgeUid ?? 65534, () =>
+      return new DockerSandbox(id, this.name, sentry, container, this.docker, info.Id, info.State.Pid, spec, this.opts.bridgeUid ?? 65534, () =>
         this.live.delete(id),
       );
     } catch (e) {
@@ -245,7 +253,7 @@ class DockerSandbox implements Sandbox {
     // Under gVisor an exec's memory is what the container gains while it runs (no per-exec cgroup exists).
     const memoryCap = this.sentry ? (await this.cgroup.unreclaimableBytes()) + Math.min(limits.memoryMb, this.spec.limits.memoryMb) * 1024 * 1024 : Infinity;
     const exec = await this.container.exec({
-      Cmd: this.sentry ? wrapWithPidLine(req.command) : req.command,
+      Cmd: this.sentry ? wrapWithPidLine(underFilter(req.command, Math.min(limits.pids, this.spec.limits.pids))) : req.command,
       User: SANDBOX_USER,
       WorkingDir: req.cwd ? posix.resolve(WORK_DIR, req.cwd) : WORK_DIR,
       Env: Object.entries(req.env ?? {}).map(([k, v]) => `${k}=${v}`),

@@ -18,8 +18,10 @@
  * - If the host's pids cgroup refuses the sentry a thread, the sandbox dies.
  *   Processes are limited inside by RLIMIT_NPROC (the sentry enforces it),
  *   and the host pids limit is a generous backstop.
- * - rlimits are one set shared by every process of the sandbox (a `ulimit`
- *   in one exec shows in the next), so an exec cannot get its own rlimits.
+ * - rlimits are per process, as in Linux: the container's (set at create)
+ *   bound the main, and each exec lowers RLIMIT_NPROC to its own pids limit
+ *   through the seccomp helper (./seccomp.ts). The sentry counts every
+ *   process of the sandbox uid against it.
  * - Host pids mean nothing inside: an exec is killed from inside the sentry,
  *   by its process group and session.
  */

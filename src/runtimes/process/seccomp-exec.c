@@ -1,26 +1,32 @@
 /*
- * kiln-seccomp-exec FD PROGRAM [ARG...]
+ * kiln-seccomp-exec [--nproc N] FD|PATH PROGRAM [ARG...]
  *
  * The last step of an exec entering a live sandbox: run by nsenter as the
  * sandbox uid, after every setns, it sets no_new_privs, installs the classic
- * BPF seccomp program it reads from FD (struct sock_filter[], as
- * src/runtimes/process/seccomp.ts writes it), closes every fd above 2 and
- * execs PROGRAM (found on PATH).
+ * BPF seccomp program it reads from FD, or from the file at the absolute
+ * PATH (struct sock_filter[], as src/runtimes/process/seccomp.ts writes it),
+ * closes every fd above 2 and execs PROGRAM (found on PATH).
  *
  * Why it exists: nsenter cannot install a seccomp filter; bwrap does it for
  * the sandbox's first process. Running after the setns calls lets the filter
  * deny setns. scripts/setup builds it statically, so it runs inside any
  * template rootfs, and the launcher hands it over as an open fd, so it need
  * not exist inside the sandbox.
+ * gVisor sandboxes use the PATH form: `docker exec` cannot pass an fd, so the
+ * helper and the filter are bind-mounted read-only (src/runtimes/gvisor/seccomp.ts).
+ * They also use --nproc: RLIMIT_NPROC (soft and hard) is how an exec's
+ * process limit is kept inside gVisor, where no per-exec cgroup exists.
  * Every failure before the exec prints "kiln-seccomp-exec: ..." and exits 125.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -68,13 +74,27 @@ static int install_filter(int fd) {
 }
 
 int main(int argc, char **argv) {
+  if (argc >= 3 && strcmp(argv[1], "--nproc") == 0) {
+    long n = number(argv[2], 1L << 22);
+    if (n < 1) {
+      fprintf(stderr, ME ": --nproc: expected a process count, got \"%s\"\n", argv[2]);
+      return 125;
+    }
+    struct rlimit lim = { .rlim_cur = (rlim_t)n, .rlim_max = (rlim_t)n };
+    if (setrlimit(RLIMIT_NPROC, &lim) != 0) return fail("RLIMIT_NPROC");
+    argc -= 2;
+    argv += 2;
+  }
   if (argc < 3) {
-    fprintf(stderr, "usage: " ME " FD PROGRAM [ARG...]\n");
+    fprintf(stderr, "usage: " ME " [--nproc N] FD|PATH PROGRAM [ARG...]\n");
     return 125;
   }
-  long fd = number(argv[1], 1024);
-  if (fd < 0) {
-    fprintf(stderr, ME ": FD: expected a file descriptor number, got \"%s\"\n", argv[1]);
+  long fd;
+  if (argv[1][0] == '/') {
+    fd = open(argv[1], O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fail(argv[1]);
+  } else if ((fd = number(argv[1], 1024)) < 0) {
+    fprintf(stderr, ME ": expected a file descriptor number or an absolute path, got \"%s\"\n", argv[1]);
     return 125;
   }
   int rc = install_filter((int)fd);

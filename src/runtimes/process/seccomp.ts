@@ -37,14 +37,14 @@ const DENIED = [
 ] as const;
 
 type Denied = (typeof DENIED)[number];
-type Special = 'clone' | 'clone3' | 'personality';
+type Special = 'clone' | 'clone3' | 'personality' | 'mknodat';
 
 interface ArchTable {
   name: string;
   /** AUDIT_ARCH_* value the kernel puts in seccomp_data.arch. */
   auditArch: number;
   /** Syscall numbers; absent where the architecture lacks the call. */
-  nr: Partial<Record<Denied, number>> & Record<Special, number>;
+  nr: Partial<Record<Denied | 'mknod', number>> & Record<Special, number>;
   /** x86_64 only: the kernel also accepts x32-ABI numbers (nr | 0x40000000) on this arch value. */
   x32Bit?: number;
 }
@@ -55,7 +55,7 @@ const X86_64: ArchTable = {
   auditArch: 0xc000003e,
   x32Bit: 0x40000000,
   nr: {
-    clone: 56, clone3: 435, personality: 135,
+    clone: 56, clone3: 435, personality: 135, mknod: 133, mknodat: 259,
     mount: 165, umount2: 166, pivot_root: 155, chroot: 161, move_mount: 429, open_tree: 428, fsopen: 430, fsconfig: 431, fsmount: 432,
     fspick: 433, mount_setattr: 442, unshare: 272, setns: 308, ptrace: 101, process_vm_readv: 310, process_vm_writev: 311, kcmp: 312,
     pidfd_getfd: 438, bpf: 321, userfaultfd: 323, perf_event_open: 298, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427,
@@ -72,7 +72,7 @@ const AARCH64: ArchTable = {
   name: 'aarch64',
   auditArch: 0xc00000b7,
   nr: {
-    clone: 220, clone3: 435, personality: 92,
+    clone: 220, clone3: 435, personality: 92, mknodat: 33,
     mount: 40, umount2: 39, pivot_root: 41, chroot: 51, move_mount: 429, open_tree: 428, fsopen: 430, fsconfig: 431, fsmount: 432,
     fspick: 433, mount_setattr: 442, unshare: 97, setns: 268, ptrace: 117, process_vm_readv: 270, process_vm_writev: 271, kcmp: 272,
     pidfd_getfd: 438, bpf: 280, userfaultfd: 282, perf_event_open: 241, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427,
@@ -94,6 +94,15 @@ export const DENIED_SYSCALLS: readonly string[] = DENIED;
  */
 export const CLONE_NEW_MASK = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x80;
 
+/**
+ * mknod's file types (mode & S_IFMT) that make a device node: character and
+ * block. FIFOs, sockets and regular files stay allowed (mkfifo is ordinary).
+ * Unprivileged namespaces refuse device nodes anyway; gVisor's own file
+ * systems would make one, and nothing in a sandbox needs it.
+ */
+const S_IFMT = 0o170000;
+const DEVICE_TYPES = [0o020000, 0o060000];
+
 /** personality() values allowed: PER_LINUX (0) and the 0xffffffff query. READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE … are denied. */
 const PERSONALITY_ALLOWED = [0, 0xffffffff];
 
@@ -107,9 +116,12 @@ const RET_ALLOW = 0x7fff0000;
 const OFF_NR = 0;
 const OFF_ARCH = 4;
 const OFF_ARG0_LO = 16;
+const OFF_ARG1_LO = 24;
+const OFF_ARG2_LO = 32;
 
 // Classic BPF opcodes.
 const LD_W_ABS = 0x20;
+const ALU_AND_K = 0x54;
 const JEQ_K = 0x15;
 const JGE_K = 0x35;
 const JSET_K = 0x45;
@@ -143,6 +155,9 @@ class Program {
   ret(k: number): this {
     return this.push(RET_K, k);
   }
+  and(k: number): this {
+    return this.push(ALU_AND_K, k);
+  }
   private push(code: number, k: number, jt: Target = 0, jf: Target = 0): this {
     this.insns.push({ code, k: k >>> 0, jt, jf });
     return this;
@@ -173,7 +188,8 @@ class Program {
  * then per architecture the denied syscalls return EPERM, x32 numbers return
  * EPERM, clone with a CLONE_NEW* flag returns EPERM, clone3 returns ENOSYS
  * (its flags live in memory a filter cannot read, and libc falls back to clone
- * on ENOSYS), personality other than a query returns EPERM.
+ * on ENOSYS), personality other than a query returns EPERM, mknod and mknodat
+ * of a device node return EPERM.
  */
 export function buildSeccompFilter(): Buffer {
   const p = new Program();
@@ -190,6 +206,8 @@ export function buildSeccompFilter(): Buffer {
     p.jump(JEQ_K, a.nr.clone, 'clone');
     p.jump(JEQ_K, a.nr.clone3, 'enosys');
     p.jump(JEQ_K, a.nr.personality, 'personality');
+    p.jump(JEQ_K, a.nr.mknodat, 'mknodat');
+    if (a.nr.mknod !== undefined) p.jump(JEQ_K, a.nr.mknod, 'mknod');
     p.ret(RET_ALLOW);
   }
   // clone's flags are arg0 on both x86_64 and arm64.
@@ -198,6 +216,12 @@ export function buildSeccompFilter(): Buffer {
   p.label('personality').load(OFF_ARG0_LO);
   for (const v of PERSONALITY_ALLOWED) p.jump(JEQ_K, v, 'allow');
   p.ret(RET_ERRNO | EPERM);
+  // The mode is mknod's arg1 and mknodat's arg2.
+  for (const [label, offset] of [['mknod', OFF_ARG1_LO], ['mknodat', OFF_ARG2_LO]] as const) {
+    p.label(label).load(offset).and(S_IFMT);
+    for (const type of DEVICE_TYPES) p.jump(JEQ_K, type, 'eperm');
+    p.ret(RET_ALLOW);
+  }
   p.label('allow').ret(RET_ALLOW);
   p.label('eperm').ret(RET_ERRNO | EPERM);
   p.label('enosys').ret(RET_ERRNO | ENOSYS);
