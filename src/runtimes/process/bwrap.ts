@@ -1,36 +1,28 @@
 /**
  * The command line that starts one exec of the process runtime.
  *
- * A root-owned /bin/sh launcher (1) joins the exec's cgroup, so the limits
- * hold before any user code exists, (2) sets rlimits as a backstop, (3) opens
- * the work dir as fd 5 (bwrap binds the fd, so no path is followed as the
- * sandbox user) and the seccomp filter (a root-only file) as fd 6, then (4)
- * drops to the unprivileged uid with no new privileges and execs bubblewrap,
- * which makes new user, pid, net, ipc, uts and cgroup namespaces, drops every
- * capability, installs the filter just before it execs the command (its own
- * unshare and mount calls come first) and runs the command.
+ * The launcher (kiln-launch.c, static, run as root) (1) joins the exec's
+ * cgroups, so the limits hold before any user code exists, (2) sets rlimits as
+ * a backstop, (3) opens the work dir as fd 5 (bwrap binds the fd, so no path
+ * is followed as the sandbox user) and the seccomp filter (a root-only file)
+ * as fd 6, then (4) drops to the unprivileged uid with no new privileges and
+ * execs bubblewrap, which makes new user, pid, net, ipc, uts and cgroup
+ * namespaces, drops every capability, installs the filter just before it
+ * execs the command (its own unshare and mount calls come first) and runs the
+ * command.
  */
 import { lstatSync, readlinkSync } from 'node:fs';
 import { WORK_DIR } from '../types.js';
 
-/** fd numbers shared by the launcher script and the spawn call. */
+/** fd numbers shared by the launcher (kiln-launch.c) and the spawn call. */
 export const STATUS_FD = 3;
 const WORK_FD = 5;
 const SECCOMP_FD = 6;
 /** The enter helper's own executable, run as /proc/self/fd/7 so it need not exist inside the sandbox. */
 const HELPER_FD = 7;
 
-const LAUNCHER = [
-  // $1.. are cgroup.procs files up to "--"; then RLIMIT_CPU seconds; then the work dir (or "-");
-  // then the seccomp filter file; then the enter helper (or "-"); then the command.
-  'while [ "$1" != "--" ]; do echo $$ > "$1" || { echo "kiln-launcher: cannot join cgroup $1" >&2; exit 125; }; shift; done; shift',
-  'ulimit -c 0',
-  'ulimit -t "$1" || exit 125; shift',
-  `if [ "$1" != - ]; then exec ${WORK_FD}<"$1" || { echo "kiln-launcher: cannot open work dir" >&2; exit 125; }; fi; shift`,
-  `exec ${SECCOMP_FD}<"$1" || { echo "kiln-launcher: cannot open seccomp filter $1" >&2; exit 125; }; shift`,
-  `if [ "$1" != - ]; then exec ${HELPER_FD}<"$1" || { echo "kiln-launcher: cannot open $1" >&2; exit 125; }; fi; shift`,
-  'exec "$@"',
-].join('\n');
+/** Where scripts/setup builds the launcher (kiln-launch.c). */
+export const DEFAULT_LAUNCHER = '/usr/local/lib/kiln/kiln-launch';
 
 /** What the launcher prints before exiting 125 when it could not set an exec up. */
 export const LAUNCHER_ERROR_PREFIX = 'kiln-launcher: ';
@@ -38,7 +30,14 @@ export const LAUNCHER_ERROR_PREFIX = 'kiln-launcher: ';
 /** The launcher's own environment: nothing of kiln's, nothing of the user's (it runs as root). */
 export const LAUNCHER_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
 
+/** The launcher's options up to `--`, shared by launchArgv and enterArgv. */
+function launcherArgs(s: { launcher: string; cgroupProcsFiles: string[]; cpuSeconds: number | 'unlimited'; seccompFile: string }): string[] {
+  return [s.launcher, ...s.cgroupProcsFiles.flatMap((f) => ['--cgroup', f]), '--cpu-seconds', String(s.cpuSeconds), '--seccomp', s.seccompFile];
+}
+
 export interface LaunchSpec {
+  /** Host path of the static launcher (kiln-launch.c). */
+  launcher: string;
   cgroupProcsFiles: string[];
   /** RLIMIT_CPU seconds per process: a backstop under the cgroup CPU deadline ('unlimited' for a session's server). */
   cpuSeconds: number | 'unlimited';
@@ -120,8 +119,8 @@ export function launchArgv(s: LaunchSpec): string[] {
   ];
   for (const [k, v] of Object.entries(s.env)) bwrap.push('--setenv', k, v);
   bwrap.push('--', ...s.command);
-  const setpriv = ['setpriv', `--reuid=${s.uid}`, `--regid=${s.gid}`, '--clear-groups', '--no-new-privs', '--'];
-  return ['/bin/sh', '-c', LAUNCHER, 'kiln-launcher', ...s.cgroupProcsFiles, '--', String(s.cpuSeconds), s.workTmpfsBytes === undefined ? s.workDir : '-', s.seccompFile, '-', ...setpriv, ...bwrap];
+  const work = s.workTmpfsBytes === undefined ? ['--work-dir', s.workDir] : [];
+  return [...launcherArgs(s), ...work, '--uid', String(s.uid), '--gid', String(s.gid), '--', ...bwrap];
 }
 
 /** Mounts that make `/`: a template rootfs, or the host's system dirs read-only (links kept as links). */
@@ -142,6 +141,8 @@ function rootArgs(s: LaunchSpec): string[] {
 }
 
 export interface EnterSpec {
+  /** Host path of the static launcher (kiln-launch.c). */
+  launcher: string;
   cgroupProcsFiles: string[];
   cpuSeconds: number;
   /** Host pid of the sandbox's first process: its namespaces are entered. */
@@ -185,5 +186,5 @@ export function enterArgv(s: EnterSpec): string[] {
     s.cwd,
     ...s.command,
   ];
-  return ['/bin/sh', '-c', LAUNCHER, 'kiln-launcher', ...s.cgroupProcsFiles, '--', String(s.cpuSeconds), '-', s.seccompFile, s.helper, ...nsenter, ...inside];
+  return [...launcherArgs(s), '--helper', s.helper, '--', ...nsenter, ...inside];
 }

@@ -21,7 +21,7 @@ import { checkRelativePath } from '../../sandbox/paths.js';
 import type { ExecKill, ExecRequest, ExecResult, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
 import { WORK_DIR } from '../types.js';
 import { Cgroup, detectCgroupMode, listChildren, type CgroupMode } from './cgroups.js';
-import { enterArgv, launchArgv, LAUNCHER_ENV, LAUNCHER_ERROR_PREFIX, STATUS_FD } from './bwrap.js';
+import { DEFAULT_LAUNCHER, enterArgv, launchArgv, LAUNCHER_ENV, LAUNCHER_ERROR_PREFIX, STATUS_FD } from './bwrap.js';
 import { buildSeccompFilter, filterDigest } from './seccomp.js';
 import { PortBridges } from '../bridge.js';
 import { portListening } from '../listening.js';
@@ -46,6 +46,8 @@ export interface ProcessRuntimeOptions {
    * Default: /usr/local/lib/kiln/seccomp-exec.
    */
   seccompHelper?: string;
+  /** The static launcher every exec starts with (kiln-launch.c). Default: /usr/local/lib/kiln/kiln-launch. */
+  launcher?: string;
 }
 
 export const DEFAULT_SECCOMP_HELPER = '/usr/local/lib/kiln/seccomp-exec';
@@ -78,12 +80,14 @@ export class ProcessRuntime implements Runtime {
   private readonly filter = buildSeccompFilter();
   private readonly seccompFile: string;
   private readonly helper: string;
+  private readonly launcher: string;
 
   constructor(private readonly opts: ProcessRuntimeOptions) {
     this.sandboxesDir = join(opts.sandboxRoot, opts.instanceId);
     this.cgroupBase = `kiln/${opts.instanceId}`;
     this.seccompFile = join(opts.sandboxRoot, `seccomp-${filterDigest(this.filter)}.bpf`);
     this.helper = opts.seccompHelper ?? DEFAULT_SECCOMP_HELPER;
+    this.launcher = opts.launcher ?? DEFAULT_LAUNCHER;
   }
 
   async check(): Promise<RuntimeCheck> {
@@ -96,7 +100,9 @@ export class ProcessRuntime implements Runtime {
     }
     if (!this.mode) fix.push('mount cgroups (v2 at /sys/fs/cgroup, or v1 memory/pids/cpu controllers)');
     if (process.getuid?.() !== 0) fix.push('run kiln as root: it makes cgroups, mounts size-capped work dirs and drops to an unprivileged uid');
-    const missing = await helperProblem(this.helper);
+    const noLauncher = await helperProblem(this.launcher, 'launcher');
+    if (noLauncher) fix.push(noLauncher);
+    const missing = await helperProblem(this.helper, 'seccomp helper');
     if (missing) fix.push(`${missing} (execs into session sandboxes need it)`);
     if (fix.length === 0) {
       try {
@@ -122,6 +128,8 @@ export class ProcessRuntime implements Runtime {
     if (options.rootfs !== undefined && !existsSync(options.rootfs)) {
       throw new KilnError('invalid_template', `template ${spec.template}: rootfs ${options.rootfs} does not exist`, 500);
     }
+    const noLauncher = await helperProblem(this.launcher, 'launcher');
+    if (noLauncher) throw new KilnError('runtime_unavailable', `process runtime: ${noLauncher}`, 503);
     const id = `kp-${randomBytes(8).toString('hex')}`;
     this.creating.add(id);
     try {
@@ -153,7 +161,7 @@ export class ProcessRuntime implements Runtime {
       await rm(dir, { recursive: true, force: true });
       throw new KilnError('sandbox_failed', `process runtime: cannot create sandbox: ${(e as Error).message}`, 500, { cause: e });
     }
-    const files = { seccompFile: this.seccompFile, helper: this.helper };
+    const files = { seccompFile: this.seccompFile, helper: this.helper, launcher: this.launcher };
     const sb = new ProcessSandbox(id, dir, work, cgroup, spec, this.opts, files, mode, () => this.live.delete(sb));
     this.live.add(sb);
     if (spec.main) {
@@ -245,13 +253,13 @@ async function setupFinished(nsPid: number, exited: Promise<void>): Promise<bool
 /** What the helper prints before exiting 125 when it could not install the filter. */
 const HELPER_ERROR_PREFIX = 'kiln-seccomp-exec: ';
 
-/** Why the seccomp helper cannot be used, or undefined when it can. */
-async function helperProblem(helper: string): Promise<string | undefined> {
+/** Why a static helper scripts/setup builds (the launcher, the seccomp helper) cannot be used, or undefined when it can. */
+async function helperProblem(path: string, what: string): Promise<string | undefined> {
   try {
-    await access(helper, fsConstants.X_OK);
+    await access(path, fsConstants.X_OK);
     return undefined;
   } catch {
-    return `the seccomp helper ${helper} is missing or not executable: run scripts/setup, which builds it`;
+    return `the ${what} ${path} is missing or not executable: run scripts/setup, which builds it`;
   }
 }
 
@@ -281,7 +289,7 @@ class ProcessSandbox implements Sandbox {
     private readonly cgroup: Cgroup,
     private readonly spec: SandboxSpec,
     private readonly opts: ProcessRuntimeOptions,
-    private readonly files: { seccompFile: string; helper: string },
+    private readonly files: { seccompFile: string; helper: string; launcher: string },
     private readonly mode: CgroupMode,
     private readonly onDestroy: () => void,
   ) {
@@ -299,6 +307,7 @@ class ProcessSandbox implements Sandbox {
       this.burst = cg;
     }
     const argv = launchArgv({
+      launcher: this.files.launcher,
       cgroupProcsFiles: cg.procsFiles(),
       cpuSeconds: 'unlimited',
       workDir: this.work,
@@ -379,18 +388,19 @@ class ProcessSandbox implements Sandbox {
     const cwd = req.cwd ? posix.resolve(WORK_DIR, req.cwd) : WORK_DIR;
     const env = { ...BASE_ENV, ...this.spec.env, ...req.env };
     const cpuSeconds = Math.ceil(limits.cpuMs / 1000) + 1;
-    const { seccompFile, helper } = this.files;
+    const { seccompFile, helper, launcher } = this.files;
     if (this.main) {
       // Fail closed: an exec beside a server never runs without the filter.
-      const missing = await helperProblem(helper);
+      const missing = await helperProblem(helper, 'seccomp helper');
       if (missing) {
         await cg.remove();
         throw new KilnError('runtime_unavailable', `process runtime: ${missing}`, 503);
       }
     }
     const argv = this.main
-      ? enterArgv({ cgroupProcsFiles: cg.procsFiles(), cpuSeconds, nsPid: this.main.nsPid, uid: this.opts.uid, gid: this.opts.gid, seccompFile, helper, env, cwd, command: req.command })
+      ? enterArgv({ launcher, cgroupProcsFiles: cg.procsFiles(), cpuSeconds, nsPid: this.main.nsPid, uid: this.opts.uid, gid: this.opts.gid, seccompFile, helper, env, cwd, command: req.command })
       : launchArgv({
+      launcher,
       cgroupProcsFiles: cg.procsFiles(),
       cpuSeconds,
       workDir: this.work,
