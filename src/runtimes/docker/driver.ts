@@ -29,6 +29,7 @@ import { decodeExit, readKey, readNumber as readNum } from '../kernel.js';
 import { PortBridges } from '../bridge.js';
 import { PidLineReader, killScript, sentryHostLimits, wrapWithPidLine } from '../gvisor/sentry.js';
 import { seccompMounts, underFilter } from '../gvisor/seccomp.js';
+import { deviceMasks } from '../gvisor/dev.js';
 import { ExecRelays, relayMounts } from '../gvisor/relay.js';
 
 export interface DockerRuntimeOptions {
@@ -123,7 +124,8 @@ export class DockerRuntime implements Runtime {
     const sentry = this.opts.sentry ?? false;
     const main = spec.main?.command ?? ['sleep', 'infinity'];
     // Throws, before anything is created, when the seccomp helper is missing.
-    const sentryMounts = sentry ? [...relayMounts(), ...seccompMounts(BRIDGE_ROOT)] : [];
+    const masks = sentry ? deviceMasks(BRIDGE_ROOT) : { mounts: [], tmpfs: {} };
+    const sentryMounts = sentry ? [...relayMounts(), ...seccompMounts(BRIDGE_ROOT), ...masks.mounts] : [];
     let container: Docker.Container;
     try {
       container = await this.docker.createContainer({
@@ -151,9 +153,11 @@ export class DockerRuntime implements Runtime {
           Tmpfs: {
             [WORK_DIR]: `rw,exec,nosuid,nodev,size=${spec.limits.diskMb}m,mode=0700,uid=65534,gid=65534`,
             '/tmp': `rw,nosuid,nodev,size=${spec.limits.diskMb}m,mode=1777`,
+            ...masks.tmpfs,
           },
-          // gVisor: the exec relay that carries session connections (see ../gvisor/relay.ts), the seccomp helper and filter.
-          // runc: /dev keeps only null, zero, random, urandom and tty working (gVisor has its own /dev).
+          // gVisor: the exec relay that carries session connections (see ../gvisor/relay.ts), the seccomp helper and
+          // filter, and covers over its extra /dev entries (../gvisor/dev.ts).
+          // runc: /dev keeps only null, zero, random, urandom and tty working.
           ...(sentry ? { Mounts: sentryMounts } : { MaskedPaths: MASKED_PATHS }),
           ...(sentry
             ? sentryHostLimits(spec.limits)
