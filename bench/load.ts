@@ -1,14 +1,18 @@
 /**
  * A load generator in its own process, so the proxy under test does not share
  * an event loop with its client (nginx does not either). Reads a JSON target
- * from argv: `connections` keep-alive loops of GET for `warmupS` (not counted)
+ * from argv (a TCP host and port, a unix socket, or a port in a sandbox's
+ * network namespace): `connections` keep-alive loops of GET for `warmupS` (not counted)
  * then `seconds`; prints `{count, seconds, lat, total, clientCpuMs}` as JSON
  * (`total` counts warm-up requests too, as the CPU readings do). Any
  * answer but 200 fails the run (exit 1).
  */
 import http from 'node:http';
+import { NetnsPorts } from '../src/runtimes/netns.js';
 
 interface Target {
+  /** Straight into a sandbox's network namespace (as kiln's port links do): a host pid inside it and the port. */
+  netns?: { pid: number; port: number };
   socketPath?: string;
   host?: string;
   port?: number;
@@ -20,6 +24,10 @@ interface Target {
 
 const t = JSON.parse(process.argv[2]!) as Target;
 const agent = new http.Agent({ keepAlive: true, maxSockets: t.connections });
+if (t.netns) {
+  const link = new NetnsPorts('load', t.netns.pid).link(t.netns.port);
+  agent.createConnection = () => link.connect();
+}
 const lat: number[] = [];
 const measureFrom = performance.now() + (t.warmupS ?? 0) * 1000;
 const end = measureFrom + t.seconds * 1000;

@@ -1,6 +1,6 @@
 /**
  * Time to first byte through the proxy on a NEW backend connection, docker
- * (socat bridge into the container's netns) beside gvisor (one docker exec
+ * (a port link made inside the container's netns) beside gvisor (one docker exec
  * of kiln-relay per backend connection), and on a REUSED keep-alive one.
  * Each sample drops the proxy's keep-alive agent first, so the request opens
  * a fresh backend connection. Not a test: it prints medians, nothing fails.
@@ -43,11 +43,11 @@ try {
     const res = await fetch(`${base}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ template }) });
     const s = (await res.json()) as { id: string; url: string };
     await ttfb(`${base}${s.url}`); // held until ready
-    const socketPath = kiln.sessions.byIdLookup(s.id)!.warm!.socketPath;
+    const link = kiln.sessions.byIdLookup(s.id)!.warm!.link;
     const fresh: number[] = [];
     const reused: number[] = [];
     for (let i = 0; i < samples; i++) {
-      dropBackendAgent(socketPath);
+      dropBackendAgent(link);
       fresh.push(await ttfb(`${base}${s.url}`));
       reused.push(await ttfb(`${base}${s.url}`));
     }

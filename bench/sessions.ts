@@ -24,6 +24,7 @@ import { buildApi } from '../src/api/server.js';
 import { DEFAULT_CONFIG } from '../src/config/defaults.js';
 import type { KilnConfig } from '../src/config/schema.js';
 import type { Sandbox, SandboxSpec } from '../src/runtimes/types.js';
+import { NetnsPorts } from '../src/runtimes/netns.js';
 import { readyPollDelayMs } from '../src/pools/warm.js';
 import { percentile, table } from './stats.js';
 import { LOCAL } from '../src/auth/principal.js';
@@ -134,7 +135,7 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
     const cold1: Latencies = { name: `kiln cold start, ${TEMPLATE} with 1 CPU → first proxied 200`, ms: [], capped: false };
     const coldShipped: Latencies = { name: `kiln cold start, ${TEMPLATE} as shipped (${shipped.cpus} CPU) → first proxied 200`, ms: [], capped: false };
     const trace = traceColdStarts(kiln);
-    const phases: Record<'total' | 'create' | 'bridge' | 'listening' | 'ready' | 'outside', number[]> = { total: [], create: [], bridge: [], listening: [], ready: [], outside: [] };
+    const phases: Record<'total' | 'create' | 'listening' | 'ready' | 'outside', number[]> = { total: [], create: [], listening: [], ready: [], outside: [] };
     const rawSysDirs = config.runtimes.process.systemDirs;
     type Trace = ReturnType<typeof trace.last>;
     const kinds: { into: Latencies; run: () => Promise<{ ms: number; t?: Trace }> }[] = [
@@ -173,7 +174,6 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
           if (t) {
             phases.total.push(ms);
             phases.create.push(t.createMs);
-            phases.bridge.push(t.bridgeMs);
             phases.listening.push(t.listeningMs);
             phases.ready.push(t.readyMs - t.createMs);
             phases.outside.push(ms - t.readyMs);
@@ -190,11 +190,11 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
       `warm claim: POST /v1/sessions p50 ${fmt(percentile(warmPost, 50))} ms, then the first proxied GET p50 ${fmt(percentile(warmGet, 50))} ms ` +
         `(each claim on a settled pool: ${POOL.min} ready, none starting, ≥ ${REFILL_DELAY_MS} ms after the last claim; the waiting is not timed)`,
       `cold start (1 CPU) p50 by phase: sandbox create (dirs, cgroup, launcher, bwrap until its child pid) ${fmt(percentile(phases.create, 50))} ms; ` +
-        `then, side by side, the port bridge (nsenter + socat) ${fmt(percentile(phases.bridge, 50))} ms and the server until kiln saw it listen ${fmt(percentile(phases.listening, 50))} ms; ` +
-        `from create until ready (bridge, listen, GET / probe, store writes) ${fmt(percentile(phases.ready, 50))} ms; ` +
+        `then the server until kiln saw it listen ${fmt(percentile(phases.listening, 50))} ms; ` +
+        `from create until ready (listen, GET / probe, store writes) ${fmt(percentile(phases.ready, 50))} ms; ` +
         `outside startWarm (API, store, proxy hold and the first GET) ${fmt(percentile(phases.outside, 50))} ms; total ${fmt(percentile(phases.total, 50))} ms`,
       `raw baseline: bwrap with user, pid, ipc, uts and cgroup namespaces, --disable-userns, --new-session, --clearenv and kiln's read-only system dirs, ` +
-        `but no network namespace (so it can be polled on 127.0.0.1), no cgroup limits, no launcher or setpriv, no port bridge; ` +
+        `but no network namespace (so it can be polled on 127.0.0.1), no cgroup limits, no launcher, no seccomp filter; ` +
         `it polls GET / on kiln's readiness schedule (a tenth of the time since the start, 2 to 25 ms apart), then GET /info on the same connection`,
       `cold starts, raw starts interleaved round by round (order rotating), ${n.warmup} warm-up round(s) not counted`,
     );
@@ -208,7 +208,9 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
     const s = await api.createSession({ template: TEMPLATE_1CPU, env: COLD_ENV });
     open.add(s.id);
     if ((await api.getStatus(`${s.url}info`)) !== 200) throw new Error('proxy load: the session did not answer');
-    const socketPath = kiln.sessions.live(s.id, LOCAL).warm!.socketPath;
+    const link = kiln.sessions.live(s.id, LOCAL).warm!.link;
+    if (link.netnsPid === undefined) throw new Error('proxy load: the process runtime\'s link names no network namespace');
+    const backend = { pid: link.netnsPid, port: config.templates[TEMPLATE_1CPU]!.port! };
     const port = new URL(base).port;
     const perRound = n.loadS / ROUNDS;
     const acc = new Map<string, LoadResult>();
@@ -225,14 +227,14 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
       }
     };
     let loadCapped = false;
-    await withNginx(tmp, socketPath, async (nginxPort, nginxCpuMs) => {
+    await withNginx(tmp, backend, async (nginxAt, nginxCpuMs) => {
       const paths = [
-        { name: 'direct (the unix socket)', run: (secs = perRound, conns = CONNECTIONS) => runLoad({ socketPath, path: '/info' }, secs, conns) },
+        { name: 'direct', run: (secs = perRound, conns = CONNECTIONS) => runLoad({ netns: backend, path: '/info' }, secs, conns) },
         {
           name: 'nginx proxy_pass',
           run: async (secs = perRound, conns = CONNECTIONS) => {
             const c0 = nginxCpuMs();
-            const r = await runLoad({ host: '127.0.0.1', port: nginxPort, path: '/info' }, secs, conns);
+            const r = await runLoad({ netns: nginxAt, path: '/info' }, secs, conns);
             return { ...r, proxyCpuMs: nginxCpuMs() - c0 };
           },
         },
@@ -268,7 +270,7 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
     loads = paths3(acc);
     if (loadCapped) notes.push('proxy load: stopped early by the time cap (fewer rounds than planned)');
 
-    const direct = acc.get('direct (the unix socket)');
+    const direct = acc.get('direct');
     const nginx = acc.get('nginx proxy_pass');
     const kilnLoad = acc.get('kiln /s/<token>/');
     const rps = (r?: LoadResult) => (r ? r.count / r.seconds : undefined);
@@ -317,8 +319,10 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
     console.log(
       `\nproxy: GET /info to one ${TEMPLATE} backend (1 CPU), ${CONNECTIONS} keep-alive connections from a separate Node process, ` +
         `${n.loadS} s per path in ${ROUNDS} rounds (direct, nginx, kiln; then the reverse), 0.5 s warm-up per round and a first ${n.warmLoadS} s pass per path not counted.\n` +
-        `The backend is one Python process (ThreadingHTTPServer) behind a socat bridge: all three paths share that ceiling,\n` +
-        `and on this ${cpus().length}-CPU machine the client, the proxy, socat and Python share the same cores.\n`,
+        `The backend is one Python process (ThreadingHTTPServer) in the sandbox's network namespace: all three paths share that ceiling.\n` +
+        `direct: the load generator makes its connections inside that namespace (kiln's addon, as kiln's links do); nginx runs inside it\n` +
+        `(nsenter) on another port, reached the same way; kiln listens on 127.0.0.1: every client talks TCP over a loopback.\n` +
+        `On this ${cpus().length}-CPU machine the client, the proxy and Python share the cores.\n`,
     );
     console.log(
       table(
@@ -398,12 +402,11 @@ async function waitPoolSettled(kiln: Kiln, template: string, min: number): Promi
 
 /**
  * Times the process runtime's phases of a cold start (the ones marked by
- * COLD_ENV): create (until the sandbox's first process exists), the port
- * bridge and the server's start (these two side by side: until the bridge's
- * socket exists, and until kiln first sees the port listening, both from the
- * end of create), and start-to-ready as the service reports it.
+ * COLD_ENV): create (until the sandbox's first process exists), the server's
+ * start (until kiln first sees the port listening, from the end of create),
+ * and start-to-ready as the service reports it.
  */
-type ColdTrace = { createMs: number; bridgeMs: number; listeningMs: number; readyMs: number };
+type ColdTrace = { createMs: number; listeningMs: number; readyMs: number };
 function traceColdStarts(kiln: Kiln): { reset(): void; last(): ColdTrace | undefined; restore(): void } {
   const { runtime } = kiln.runtimes.specFor(TEMPLATE);
   const create = runtime.create;
@@ -414,14 +417,6 @@ function traceColdStarts(kiln: Kiln): { reset(): void; last(): ColdTrace | undef
     if (spec.main?.env?.X !== COLD_ENV.X) return sb;
     const t1 = performance.now();
     cur.createMs = t1 - t0;
-    const portSocket = sb.portSocket;
-    sb.portSocket = async (p: number) => {
-      try {
-        return await portSocket.call(sb, p);
-      } finally {
-        cur.bridgeMs = performance.now() - t1;
-      }
-    };
     const portListening = sb.portListening;
     if (portListening) {
       sb.portListening = async (p: number) => {
@@ -438,8 +433,8 @@ function traceColdStarts(kiln: Kiln): { reset(): void; last(): ColdTrace | undef
   return {
     reset: () => (cur = {}),
     last: () => {
-      const { createMs, bridgeMs, listeningMs, readyMs } = cur;
-      return createMs !== undefined && bridgeMs !== undefined && listeningMs !== undefined && readyMs !== undefined ? { createMs, bridgeMs, listeningMs, readyMs } : undefined;
+      const { createMs, listeningMs, readyMs } = cur;
+      return createMs !== undefined && listeningMs !== undefined && readyMs !== undefined ? { createMs, listeningMs, readyMs } : undefined;
     },
     restore: () => {
       runtime.create = create;
@@ -567,7 +562,7 @@ async function rawStart(systemDirs: string[]): Promise<number> {
 }
 
 /** `connections` keep-alive loops of GET from a separate process (bench/load.ts), so no proxy shares the client's event loop. */
-async function runLoad(target: { socketPath?: string; host?: string; port?: number; path: string }, seconds: number, connections: number): Promise<LoadResult> {
+async function runLoad(target: { netns?: { pid: number; port: number }; socketPath?: string; host?: string; port?: number; path: string }, seconds: number, connections: number): Promise<LoadResult> {
   const arg = JSON.stringify({ ...target, seconds, warmupS: 0.5, connections });
   const child = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'load.ts'), arg], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
@@ -582,14 +577,19 @@ async function runLoad(target: { socketPath?: string; host?: string; port?: numb
 }
 
 /**
- * Debian's nginx as a reverse proxy to the same unix socket (upstream
- * keep-alive, HTTP/1.1), one worker, everything in `tmp`. `fn` gets its port
- * and a reader of the CPU its processes have used (ms).
+ * Debian's nginx as a reverse proxy in front of the same backend (upstream
+ * keep-alive, HTTP/1.1), one worker, everything in `tmp`. nginx runs inside
+ * the sandbox's network namespace (nsenter), so it reaches the port straight
+ * over TCP, as kiln's link does, and listens on another TCP port there, which
+ * the load generator reaches the way `direct` does: clients of nginx and of
+ * kiln both talk TCP over a loopback. `fn` gets nginx's address and a reader
+ * of the CPU nginx has used (ms).
  */
-async function withNginx<T>(tmp: string, socketPath: string, fn: (port: number, cpuMs: () => number) => Promise<T>): Promise<T> {
+async function withNginx<T>(tmp: string, backend: { pid: number; port: number }, fn: (at: { pid: number; port: number }, cpuMs: () => number) => Promise<T>): Promise<T> {
   const nginxBin = '/usr/sbin/nginx';
   if (!existsSync(nginxBin)) throw new Error(`${nginxBin} not found (scripts/setup installs nginx-light)`);
-  const port = await freePort();
+  // The namespace is the sandbox's own: only its server listens there.
+  const at = { pid: backend.pid, port: backend.port === 8181 ? 8182 : 8181 };
   const dir = join(tmp, 'nginx');
   const conf = join(tmp, 'nginx.conf');
   rmSync(dir, { recursive: true, force: true });
@@ -605,34 +605,40 @@ http {
   access_log off;
   client_body_temp_path ${tmp}/nginx-body; proxy_temp_path ${tmp}/nginx-proxy; fastcgi_temp_path ${tmp}/nginx-fastcgi;
   uwsgi_temp_path ${tmp}/nginx-uwsgi; scgi_temp_path ${tmp}/nginx-scgi;
-  upstream backend { server unix:${socketPath}; keepalive 32; }
+  upstream backend { server 127.0.0.1:${backend.port}; keepalive 32; }
   server {
-    listen 127.0.0.1:${port};
+    listen 127.0.0.1:${at.port};
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
 }
 `,
   );
-  const child: ChildProcess = spawn(nginxBin, ['-c', conf, '-p', tmp], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // nsenter execs nginx in place: the child's pid is nginx's master.
+  const child: ChildProcess = spawn('nsenter', [`--target=${backend.pid}`, '--net', '--', nginxBin, '-c', conf, '-p', tmp], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => (stderr = (stderr + c.toString()).slice(-2000)));
   const exited = new Promise<void>((r) => child.once('close', () => r()));
   const cpuMs = () => procTreeCpuMs(child.pid!);
+  const ports = new NetnsPorts('bench-nginx', backend.pid);
   try {
     let up = false;
     for (let i = 0; i < 200 && !up && child.exitCode === null; i++) {
       up = await new Promise<boolean>((resolve) => {
-        const s = net.connect(port, '127.0.0.1', () => {
+        const s = ports.link(at.port).connect();
+        s.on('error', () => resolve(false));
+        s.on('data', () => undefined);
+        s.write('GET /nginx-probe HTTP/1.0\r\n\r\n', () => undefined);
+        s.on('end', () => {
           s.destroy();
           resolve(true);
         });
-        s.on('error', () => resolve(false));
       });
       if (!up) await sleep(25);
     }
     if (!up) throw new Error(`nginx did not start: ${stderr.trim() || readLog(join(tmp, 'nginx-error.log'))}`);
-    return await fn(port, cpuMs);
+    return await fn(at, cpuMs);
   } finally {
+    ports.close();
     child.kill('SIGQUIT'); // graceful: the master waits for its worker
     const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
     await exited;

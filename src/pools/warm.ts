@@ -1,5 +1,5 @@
 /**
- * Warm sandboxes: started with a template's server, bridged and ready.
+ * Warm sandboxes: started with a template's server, linked and ready.
  * `startWarm` is how both the pool and a cold start make one.
  */
 import { randomBytes } from 'node:crypto';
@@ -8,7 +8,7 @@ import net from 'node:net';
 import type { KilnConfig, TemplateConfig } from '../config/schema.js';
 import { KilnError } from '../errors.js';
 import type { Runtimes } from '../runtimes/index.js';
-import type { Sandbox } from '../runtimes/types.js';
+import type { PortLink, Sandbox } from '../runtimes/types.js';
 import type { Reservation } from './budget.js';
 import { backendAgent } from '../proxy/agents.js';
 
@@ -17,8 +17,8 @@ export interface WarmSandbox {
   template: string;
   /** The session URL secret, fixed at start so the server knows its base URL. */
   token: string;
-  /** Unix socket reaching the server's port. */
-  socketPath: string;
+  /** How kiln reaches the server's port. */
+  link: PortLink;
   reservation: Reservation;
   startedAt: number;
   /** How long start + readiness took, ms. */
@@ -62,13 +62,13 @@ export async function startWarm(
     main: { command: t.command, env: { ...extraEnv, KILN_BASE_URL: `/s/${token}/`, KILN_PORT: String(t.port) }, ...startCpus },
   });
   try {
-    // The bridge starts now, beside the server's own start-up: only the first probe needs it.
-    const bridge = sandbox.portSocket(t.port);
-    bridge.catch(() => undefined); // a failure is thrown where it is awaited
-    const socketPath = await waitReady(sandbox, bridge, t, started, config.sessions.readyTimeoutS * 1000);
+    // The link is made now, beside the server's own start-up (a gVisor relay takes a while): only the first probe needs it.
+    const pending = sandbox.portLink(t.port);
+    pending.catch(() => undefined); // a failure is thrown where it is awaited
+    const link = await waitReady(sandbox, pending, t, started, config.sessions.readyTimeoutS * 1000);
     // Ready: the template's CPU quota holds from here on.
     await sandbox.mainReady?.();
-    return { sandbox, template: templateName, token, socketPath, reservation, startedAt: Date.now(), startMs: performance.now() - started };
+    return { sandbox, template: templateName, token, link, reservation, startedAt: Date.now(), startMs: performance.now() - started };
   } catch (e) {
     await sandbox.destroy().catch(() => undefined);
     throw e;
@@ -76,11 +76,11 @@ export async function startWarm(
 }
 
 /**
- * Poll until the server is ready; returns the bridge's socket. Where the
- * runtime can see the sandbox's sockets, the polls are cheap looks for a
- * listener and the probe through the bridge comes only once one is there.
+ * Poll until the server is ready; returns the port link. Where the runtime
+ * can see the sandbox's sockets, the polls are cheap looks for a listener and
+ * the probe through the link comes only once one is there.
  */
-async function waitReady(sandbox: Sandbox, bridge: Promise<string>, t: TemplateConfig, started: number, timeoutMs: number): Promise<string> {
+async function waitReady(sandbox: Sandbox, pending: Promise<PortLink>, t: TemplateConfig, started: number, timeoutMs: number): Promise<PortLink> {
   const port = t.port!;
   const deadline = started + timeoutMs;
   let exited = false;
@@ -90,10 +90,10 @@ async function waitReady(sandbox: Sandbox, bridge: Promise<string>, t: TemplateC
     if (exited) break;
     const listening = sandbox.portListening ? await sandbox.portListening(port) : undefined;
     if (listening !== false) {
-      const socketPath = await bridge;
-      // A listener the bridge reaches is what a TCP readiness check asks for.
-      if (httpPath === undefined && listening === true) return socketPath;
-      if (await (httpPath === undefined ? tcpProbe(socketPath) : httpProbe(socketPath, httpPath))) return socketPath;
+      const link = await pending;
+      // A listener the link reaches is what a TCP readiness check asks for.
+      if (httpPath === undefined && listening === true) return link;
+      if (await (httpPath === undefined ? tcpProbe(link) : httpProbe(link, httpPath))) return link;
     }
     await new Promise((r) => setTimeout(r, readyPollDelayMs(performance.now() - started)));
   }
@@ -102,11 +102,11 @@ async function waitReady(sandbox: Sandbox, bridge: Promise<string>, t: TemplateC
 }
 
 /** Ready when the server answers the path with any status below 500. */
-function httpProbe(socketPath: string, path: string): Promise<boolean> {
+function httpProbe(link: PortLink, path: string): Promise<boolean> {
   return new Promise((resolve) => {
     // Through the proxy's keep-alive agent: the connection that proved readiness serves the first request.
     // (No socket timeout option: it would stay on the pooled socket and close it when idle.)
-    const req = http.get({ socketPath, path, agent: backendAgent(socketPath), headers: { host: 'localhost' } }, (res) => {
+    const req = http.get({ path, agent: backendAgent(link), headers: { host: 'localhost' } }, (res) => {
       clearTimeout(timer);
       res.resume();
       resolve((res.statusCode ?? 500) < 500);
@@ -120,10 +120,14 @@ function httpProbe(socketPath: string, path: string): Promise<boolean> {
   });
 }
 
-/** Through the bridge, a connect succeeds at once; the port is open when bytes can flow or the peer does not hang up. */
-function tcpProbe(socketPath: string): Promise<boolean> {
+/**
+ * The port is open when bytes flow or the connection is not refused or hung up
+ * within 50 ms (a link into a namespace is refused at once; through a gVisor
+ * relay the unix connect always succeeds and the relay hangs up instead).
+ */
+function tcpProbe(link: PortLink): Promise<boolean> {
   return new Promise((resolve) => {
-    const s = net.connect(socketPath);
+    const s = link.connect();
     let done = false;
     const finish = (ok: boolean) => {
       if (done) return;
@@ -132,8 +136,11 @@ function tcpProbe(socketPath: string): Promise<boolean> {
       resolve(ok);
     };
     s.on('error', () => finish(false));
-    s.on('close', () => finish(false)); // socat closes at once when nothing listens inside
+    s.on('close', () => finish(false));
     s.on('data', () => finish(true));
-    s.on('connect', () => setTimeout(() => finish(true), 50));
+    const settle = () => setTimeout(() => finish(true), 50);
+    // A socket made from a link's fd is connected already: no connect event comes.
+    if (s.connecting) s.once('connect', settle);
+    else settle();
   });
 }

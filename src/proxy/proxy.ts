@@ -1,7 +1,7 @@
 /**
  * The session proxy: every method and WebSocket upgrade on `/s/<token>/...`
  * reaches the template's port inside the session's sandbox, through the
- * sandbox's unix-socket bridge. A lean node:http/net proxy: bodies stream both
+ * sandbox's port link (a connection made inside its network namespace). A lean node:http/net proxy: bodies stream both
  * ways, nothing is buffered. Requests and open sockets count as activity.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
@@ -209,8 +209,7 @@ export class SessionProxy {
     this.stats.requests++;
     this.stats.openSockets++;
     const upstream = http.request({
-      socketPath: warm.socketPath,
-      agent: backendAgent(warm.socketPath),
+      agent: backendAgent(warm.link),
       method: req.method,
       path: this.backendPath(session, req.url!),
       headers: this.forwardedHeaders(req, session),
@@ -243,7 +242,7 @@ export class SessionProxy {
       client.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       return;
     }
-    const backend = net.connect(session.warm!.socketPath);
+    const backend = session.warm!.link.connect();
     session.touch();
     session.openSockets++;
     this.stats.openSockets++;
@@ -260,18 +259,17 @@ export class SessionProxy {
     backend.on('error', close);
     backend.on('close', close);
     client.on('close', close);
-    backend.on('connect', () => {
-      const headers = this.forwardedHeaders(req, session);
-      // Upgrade requests keep their Connection/Upgrade headers: they are the point.
-      headers.push('Connection', req.headers.connection ?? 'Upgrade');
-      if (req.headers.upgrade) headers.push('Upgrade', req.headers.upgrade);
-      let text = `${req.method} ${this.backendPath(session, req.url!)} HTTP/1.1\r\n`;
-      for (let i = 0; i < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
-      backend.write(text + '\r\n');
-      if (head.length) backend.write(head);
-      backend.pipe(client);
-      client.pipe(backend);
-    });
+    // Writes wait in the socket while it still connects (a link's socket is connected already).
+    const headers = this.forwardedHeaders(req, session);
+    // Upgrade requests keep their Connection/Upgrade headers: they are the point.
+    headers.push('Connection', req.headers.connection ?? 'Upgrade');
+    if (req.headers.upgrade) headers.push('Upgrade', req.headers.upgrade);
+    let text = `${req.method} ${this.backendPath(session, req.url!)} HTTP/1.1\r\n`;
+    for (let i = 0; i < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
+    backend.write(text + '\r\n');
+    if (head.length) backend.write(head);
+    backend.pipe(client);
+    client.pipe(backend);
   }
 
   close(): void {

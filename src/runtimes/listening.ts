@@ -3,14 +3,14 @@
  * kernel's socket table of the sandbox's network namespace
  * (`/proc/<pid>/net/tcp` and `tcp6` of any process in it). A read costs tens of
  * microseconds and opens no connection, so a starting server can be watched
- * every few milliseconds; a probe through the port bridge forks a socat each time.
+ * every few milliseconds; a probe through the port link costs a connection each time.
  */
 import { readFileSync } from 'node:fs';
 
 /** TCP_LISTEN in the `st` column. */
 const LISTEN = '0A';
 
-/** Local addresses the port bridge (which dials 127.0.0.1) reaches, as /proc writes them. */
+/** Local addresses a port link (which dials 127.0.0.1) reaches, as /proc writes them. */
 const REACHABLE = new Set([
   '00000000', // 0.0.0.0
   '0100007F', // 127.0.0.1 (host byte order, little-endian)

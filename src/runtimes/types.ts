@@ -10,6 +10,7 @@
  * Nothing outside `runtimes/` knows which driver is in use: callers see only
  * the interfaces below.
  */
+import type { Socket } from 'node:net';
 
 /** Limits of a sandbox as a whole; an exec may narrow them. */
 export interface SandboxLimits {
@@ -102,6 +103,16 @@ export interface SandboxStats {
   pids: number;
 }
 
+/** Kiln's way into a server port inside a sandbox (see ./netns.ts, ./gvisor/relay.ts). */
+export interface PortLink {
+  /** Names the link: keep-alive connections are pooled per key. */
+  readonly key: string;
+  /** A new connection to the port; failures arrive as its `error` event. */
+  connect(): Socket;
+  /** Links into a network namespace: a host pid inside it, for tools that reach the port themselves (the benchmark's baselines). */
+  readonly netnsPid?: number;
+}
+
 export interface Sandbox {
   readonly id: string;
   readonly runtime: string;
@@ -115,10 +126,10 @@ export interface Sandbox {
   getFile(path: string, maxBytes: number): Promise<Buffer | undefined>;
   stats(): Promise<SandboxStats>;
   /**
-   * A unix socket on the host that reaches `port` on the sandbox's own
-   * loopback. Only kiln can open it; the sandbox still has no network.
+   * How kiln opens connections to `port` on the sandbox's own loopback. Only
+   * kiln can; the sandbox still has no network.
    */
-  portSocket(port: number): Promise<string>;
+  portLink(port: number): Promise<PortLink>;
   /** With a `main`: resolves when it exits (the sandbox is then useless). */
   readonly mainExited: Promise<void> | undefined;
   /** With a `main`: the last lines it printed, to explain a failed start. */
@@ -127,9 +138,9 @@ export interface Sandbox {
   mainReady?(): Promise<void>;
   /**
    * With a `main`: whether something inside listens on TCP `port` where the
-   * port bridge reaches it (127.0.0.1 or a wildcard address). A cheap look
+   * port link reaches it (127.0.0.1 or a wildcard address). A cheap look
    * (no connection), for polling a starting server often; undefined where
-   * the runtime cannot see the sandbox's sockets (then probe through the bridge).
+   * the runtime cannot see the sandbox's sockets (then probe through the link).
    */
   portListening?(port: number): Promise<boolean>;
   /** Kill everything inside and remove all traces. Idempotent. */

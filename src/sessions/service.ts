@@ -325,7 +325,7 @@ export class SessionService {
     const warm = session.warm;
     if (!warm) return;
     session.warm = undefined;
-    dropBackendAgent(warm.socketPath);
+    dropBackendAgent(warm.link);
     await warm.sandbox.destroy().catch((e: unknown) => this.deps.log?.warn({ err: messageOf(e), session: session.id }, 'sandbox destroy failed'));
     this.deps.budget.release(warm.reservation);
     this.pools.get(session.template)?.release();

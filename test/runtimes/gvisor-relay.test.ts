@@ -1,16 +1,15 @@
 /**
  * Exec relays (src/runtimes/gvisor/relay.ts) against a real gVisor sandbox:
- * a small TCP server inside, reached only through the unix socket portSocket
- * returns. Needs dockerd with runsc and /usr/local/lib/kiln/kiln-relay
+ * a small TCP server inside, reached only through the port link (the relay's
+ * unix socket). Needs dockerd with runsc and /usr/local/lib/kiln/kiln-relay
  * (scripts/setup); fails, never skips, without them.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import net from 'node:net';
 import { GvisorRuntime } from '../../src/runtimes/gvisor/driver.js';
 import { RELAY_PATH } from '../../src/runtimes/gvisor/relay.js';
-import type { Sandbox } from '../../src/runtimes/types.js';
+import type { PortLink, Sandbox } from '../../src/runtimes/types.js';
 import { LIMITS } from './contract.js';
 
 const PORT = 9000;
@@ -44,14 +43,14 @@ for p in filter(str.isdigit, os.listdir('/proc')):
     if argv[0] == b'${RELAY_PATH}' and argv[1] != b'-k': print(uid)
 `;
 
-async function withServer(fn: (sb: Sandbox, socketPath: string) => Promise<void>): Promise<void> {
+async function withServer(fn: (sb: Sandbox, link: PortLink) => Promise<void>): Promise<void> {
   const rt = new GvisorRuntime({ instanceId: `test-${randomBytes(4).toString('hex')}`, socketPath: '/var/run/docker.sock' });
   const sb = await rt.create({ template: 'relay', limits: { cpus: 1, memoryMb: 256, pids: 64, diskMb: 16 }, options: { image: 'kiln-python:local' }, main: { command: ['python3', '-c', SERVER] } });
   try {
-    const socketPath = await sb.portSocket(PORT);
+    const link = await sb.portLink(PORT);
     // Until the server listens, a relay connects to nothing and the connection ends without a byte.
-    for (let i = 0; i < 200 && (await exchange(socketPath, 'x')) !== 'x'; i++) await new Promise((r) => setTimeout(r, 100));
-    await fn(sb, socketPath);
+    for (let i = 0; i < 200 && (await exchange(link, 'x')) !== 'x'; i++) await new Promise((r) => setTimeout(r, 100));
+    await fn(sb, link);
   } finally {
     await sb.destroy();
   }
@@ -59,10 +58,10 @@ async function withServer(fn: (sb: Sandbox, socketPath: string) => Promise<void>
 }
 
 /** Send `data` and read until as many bytes came back or the other side closed; then close. */
-function exchange(socketPath: string, data: string | Buffer): Promise<string> {
+function exchange(link: PortLink, data: string | Buffer): Promise<string> {
   const want = Buffer.byteLength(data);
   return new Promise((resolve, reject) => {
-    const s = net.connect(socketPath);
+    const s = link.connect();
     const got: Buffer[] = [];
     let n = 0;
     s.on('data', (c: Buffer) => {
@@ -82,23 +81,23 @@ async function relays(sb: Sandbox): Promise<string[]> {
 }
 
 test('gvisor relay: bytes pass both ways, big bodies and several connections at once', async () => {
-  await withServer(async (_sb, socketPath) => {
-    assert.equal(await exchange(socketPath, 'ping'), 'ping');
+  await withServer(async (_sb, link) => {
+    assert.equal(await exchange(link, 'ping'), 'ping');
     const big = randomBytes(3 << 20).toString('hex');
-    assert.equal(await exchange(socketPath, big), big);
-    const many = await Promise.all(Array.from({ length: 8 }, (_, i) => exchange(socketPath, 'y'.repeat(i + 1))));
+    assert.equal(await exchange(link, big), big);
+    const many = await Promise.all(Array.from({ length: 8 }, (_, i) => exchange(link, 'y'.repeat(i + 1))));
     assert.deepEqual(many, Array.from({ length: 8 }, (_, i) => 'y'.repeat(i + 1)));
   });
 });
 
 test('gvisor relay: a port nothing listens on ends the connection without a byte; a client that leaves kills its relay', async () => {
-  await withServer(async (sb, socketPath) => {
-    const nothing = await sb.portSocket(PORT + 1);
+  await withServer(async (sb, link) => {
+    const nothing = await sb.portLink(PORT + 1);
     assert.equal(await exchange(nothing, 'anyone?'), '');
     assert.deepEqual(await relays(sb), [], 'a relay that could not connect exits');
 
     // The server holds this connection open forever: only kiln can end the relay once the client is gone.
-    const held = net.connect(socketPath);
+    const held = link.connect();
     held.write('h');
     let running: string[] = [];
     for (let i = 0; i < 300 && running.length === 0; i++) running = await relays(sb);

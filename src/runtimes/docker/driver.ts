@@ -23,10 +23,10 @@ import { Writable } from 'node:stream';
 import { KilnError } from '../../errors.js';
 import { CappedBuffer } from '../../sandbox/output.js';
 import { checkRelativePath } from '../../sandbox/paths.js';
-import type { ExecKill, ExecRequest, ExecResult, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
+import type { ExecKill, ExecRequest, ExecResult, PortLink, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
 import { WORK_DIR } from '../types.js';
 import { decodeExit, readKey, readNumber as readNum } from '../kernel.js';
-import { PortBridges } from '../bridge.js';
+import { NetnsPorts } from '../netns.js';
 import { PidLineReader, killScript, sentryHostLimits, wrapWithPidLine } from '../gvisor/sentry.js';
 import { seccompMounts, underFilter } from '../gvisor/seccomp.js';
 import { deviceMasks } from '../gvisor/dev.js';
@@ -39,8 +39,6 @@ export interface DockerRuntimeOptions {
   ociRuntime: string;
   /** Driver name as templates and /v1/info show it. Default `docker`. */
   name?: string;
-  /** Host uid port bridges run as. Default 65534. */
-  bridgeUid?: number;
   /** True when `ociRuntime` runs the sandbox in gVisor's sentry (runsc). Default false. */
   sentry?: boolean;
 }
@@ -51,7 +49,7 @@ export interface DockerTemplate {
 }
 
 const SANDBOX_USER = '65534:65534';
-/** Port-bridge sockets: a root-owned host dir no container mounts. */
+/** gVisor relay sockets and the seccomp filter: a root-owned host dir no container mounts. */
 export const BRIDGE_ROOT = '/run/kiln-docker';
 const CPU_POLL_MS = 20;
 const BASE_ENV = ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'TMPDIR=/tmp', 'LANG=C.UTF-8'];
@@ -173,7 +171,7 @@ export class DockerRuntime implements Runtime {
       await container.start();
       const info = await container.inspect();
       if (!info.State.Running) throw new Error(`the container exited at once (status ${info.State.ExitCode})`);
-      return new DockerSandbox(id, this.name, sentry, container, this.docker, info.Id, info.State.Pid, spec, this.opts.bridgeUid ?? 65534, () =>
+      return new DockerSandbox(id, this.name, sentry, container, this.docker, info.Id, info.State.Pid, spec, () =>
         this.live.delete(id),
       );
     } catch (e) {
@@ -208,8 +206,8 @@ export class DockerRuntime implements Runtime {
 class DockerSandbox implements Sandbox {
   private destroyed = false;
   private readonly cgroup: ContainerCgroup;
-  /** How ports are reached: socat in the container's netns (runc), or an exec relay (gVisor's netstack). */
-  private readonly bridges: PortBridges | ExecRelays;
+  /** How ports are reached: links into the container's network namespace (runc), or an exec relay (gVisor's netstack). */
+  private readonly ports: NetnsPorts | ExecRelays;
   readonly mainExited: Promise<void> | undefined;
   /** Memory and pids limits the container has now; an exec narrower than these updates them first. */
   private current: { memoryMb: number; pids: number };
@@ -222,24 +220,20 @@ class DockerSandbox implements Sandbox {
     private readonly container: Docker.Container,
     private readonly docker: Docker,
     fullId: string,
-    /** Host pid of the container's init: its network namespace is where ports are bridged. */
-    private readonly nsPid: number,
+    /** Host pid of the container's init, alive now: its network namespace is where ports are reached. */
+    nsPid: number,
     private readonly spec: SandboxSpec,
-    bridgeUid: number,
     private readonly onDestroy: () => void,
   ) {
     this.cgroup = new ContainerCgroup(fullId);
     this.current = { memoryMb: spec.limits.memoryMb, pids: spec.limits.pids };
-    this.bridges = sentry
-      ? new ExecRelays(join(BRIDGE_ROOT, id), container, SANDBOX_USER, relayMounts().length > 0)
-      : new PortBridges(join(BRIDGE_ROOT, id), bridgeUid, bridgeUid);
+    // Under runsc the sandbox's loopback lives in gVisor's netstack, not in a host network namespace.
+    this.ports = sentry ? new ExecRelays(join(BRIDGE_ROOT, id), container, SANDBOX_USER, relayMounts().length > 0) : new NetnsPorts(id, nsPid);
     this.mainExited = spec.main ? container.wait().then(() => undefined, () => undefined) : undefined;
   }
 
-  async portSocket(port: number): Promise<string> {
-    // Under runsc the sandbox's loopback lives in gVisor's netstack, not in a host network namespace.
-    if (this.bridges instanceof ExecRelays) return this.bridges.open(port);
-    return this.bridges.open(this.nsPid, port);
+  async portLink(port: number): Promise<PortLink> {
+    return this.ports.link(port);
   }
 
   async mainLog(): Promise<string> {
@@ -429,7 +423,7 @@ class DockerSandbox implements Sandbox {
   async destroy(): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
-    this.bridges.closeAll();
+    this.ports.close();
     await this.container.remove({ force: true }).catch((e: { statusCode?: number }) => {
       if (e.statusCode !== 404) throw e;
     });

@@ -16,8 +16,6 @@ const CHECK_IMAGE = 'kiln-python:local';
 export interface GvisorRuntimeOptions {
   instanceId: string;
   socketPath: string;
-  /** Host uid port bridges run as. Default 65534. */
-  bridgeUid?: number;
 }
 
 export class GvisorRuntime extends DockerRuntime {

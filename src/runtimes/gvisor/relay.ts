@@ -3,7 +3,7 @@
  *
  * runsc runs with --network=none, so the server's port exists only on
  * gVisor's own loopback, inside the sentry; no host network namespace holds
- * it, and the socat bridge (../bridge.ts) has nothing to enter. What does
+ * it, and a port link (../netns.ts) has nothing to enter. What does
  * reach inside is `docker exec`. So kiln itself listens on a unix socket in a
  * root-only host dir, and each accepted connection becomes one exec of
  * kiln-relay (./kiln-relay.c, static, bind-mounted read-only into the
@@ -28,13 +28,14 @@ import type { Duplex } from 'node:stream';
 import { KilnError } from '../../errors.js';
 import { PidLineReader } from './sentry.js';
 import { DockerFrames } from './frames.js';
+import type { PortLink } from '../types.js';
 
 /** Where scripts/setup builds the relay on the host. */
 export const RELAY_HOST_PATH = '/usr/local/lib/kiln/kiln-relay';
 /** Where a gVisor sandbox sees it (read-only). */
 export const RELAY_PATH = '/.kiln/relay';
 
-/** The bind mount that puts the relay into a gVisor sandbox; none when setup has not built it (portSocket then says so). */
+/** The bind mount that puts the relay into a gVisor sandbox; none when setup has not built it (portLink then says so). */
 export function relayMounts(): { Type: 'bind'; Source: string; Target: string; ReadOnly: boolean }[] {
   return existsSync(RELAY_HOST_PATH) ? [{ Type: 'bind', Source: RELAY_HOST_PATH, Target: RELAY_PATH, ReadOnly: true }] : [];
 }
@@ -55,6 +56,12 @@ export class ExecRelays {
     private readonly user: string,
     private readonly hasRelay: boolean,
   ) {}
+
+  /** The port link of `port`: each connection goes through the relay socket (see open). */
+  async link(port: number): Promise<PortLink> {
+    const path = await this.open(port);
+    return { key: path, connect: () => net.connect(path) };
+  }
 
   /** The unix socket whose every connection reaches `port` on the sandbox's loopback. */
   async open(port: number): Promise<string> {
@@ -92,7 +99,7 @@ export class ExecRelays {
   }
 
   /** The sandbox is being removed: drop every client; the relays die with the container. */
-  closeAll(): void {
+  close(): void {
     this.closed = true;
     for (const { server } of this.servers.values()) server.close();
     for (const c of this.connections) c.drop();

@@ -18,12 +18,12 @@ import { promisify } from 'node:util';
 import { KilnError } from '../../errors.js';
 import { CappedBuffer, CappedTail } from '../../sandbox/output.js';
 import { checkRelativePath } from '../../sandbox/paths.js';
-import type { ExecKill, ExecRequest, ExecResult, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
+import type { ExecKill, ExecRequest, ExecResult, PortLink, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
 import { WORK_DIR } from '../types.js';
 import { Cgroup, detectCgroupMode, listChildren, type CgroupMode } from './cgroups.js';
 import { DEFAULT_LAUNCHER, enterArgv, launchArgv, LAUNCHER_ENV, LAUNCHER_ERROR_PREFIX, STATUS_FD } from './bwrap.js';
 import { buildSeccompFilter, filterDigest } from './seccomp.js';
-import { PortBridges } from '../bridge.js';
+import { NetnsPorts } from '../netns.js';
 import { portListening } from '../listening.js';
 import { decodeExit } from '../kernel.js';
 
@@ -280,7 +280,8 @@ class ProcessSandbox implements Sandbox {
   /** The main's cgroup while it runs with a start-up CPU cap above the sandbox's own. */
   private burst: Cgroup | undefined;
   mainExited: Promise<void> | undefined;
-  private readonly bridges: PortBridges;
+  /** The main's network namespace, where its server's port is reached. */
+  private ports: NetnsPorts | undefined;
 
   constructor(
     readonly id: string,
@@ -292,9 +293,7 @@ class ProcessSandbox implements Sandbox {
     private readonly files: { seccompFile: string; helper: string; launcher: string },
     private readonly mode: CgroupMode,
     private readonly onDestroy: () => void,
-  ) {
-    this.bridges = new PortBridges(join(dir, 'ports'), opts.uid, opts.gid);
-  }
+  ) {}
 
   /** Start the long-running main process in a fresh bwrap; execs will enter its namespaces. */
   async startMain(main: NonNullable<SandboxSpec['main']>): Promise<void> {
@@ -342,6 +341,8 @@ class ProcessSandbox implements Sandbox {
       throw new KilnError('sandbox_failed', `process runtime: the sandbox did not start: ${log.text().trim().slice(-500)}`, 500);
     }
     this.main = { child, nsPid, log };
+    // Taken while bwrap's pid 1 is known alive: the fd pins its namespace.
+    this.ports = new NetnsPorts(this.id, nsPid);
   }
 
   async mainLog(): Promise<string> {
@@ -359,9 +360,9 @@ class ProcessSandbox implements Sandbox {
     return this.main !== undefined && portListening(this.main.nsPid, port);
   }
 
-  async portSocket(port: number): Promise<string> {
-    if (!this.main) throw new KilnError('no_server', `sandbox ${this.id} runs no server to connect to`, 409);
-    return this.bridges.open(this.main.nsPid, port);
+  async portLink(port: number): Promise<PortLink> {
+    if (!this.ports) throw new KilnError('no_server', `sandbox ${this.id} runs no server to connect to`, 409);
+    return this.ports.link(port);
   }
 
   async exec(req: ExecRequest): Promise<ExecResult> {
@@ -527,7 +528,7 @@ class ProcessSandbox implements Sandbox {
   async destroy(): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
-    this.bridges.closeAll();
+    this.ports?.close();
     await this.cgroup.killAll();
     await Promise.allSettled([...this.running]);
     await this.cgroup.remove();

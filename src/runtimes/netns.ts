@@ -1,0 +1,82 @@
+/**
+ * Port links into a sandbox's network namespace, with no bridge process.
+ *
+ * - network namespace — a sandbox's own network stack with only loopback; the
+ *   session's server listens on 127.0.0.1:<port> there.
+ * - port link         — kiln's way to open connections to that port: the
+ *   addon (./netns.c, built by scripts/setup) makes each socket inside the
+ *   namespace (setns on the calling thread, socket, connect, setns back), and
+ *   the connection lives on there; kiln wraps its fd in a net.Socket. The
+ *   namespace is held open by an fd taken while the sandbox's process was
+ *   known alive, so a reused pid can never point a link elsewhere.
+ *
+ * The sandbox still has no network: nothing is listening for it on the host,
+ * and only kiln (root) can join its namespace.
+ */
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import net from 'node:net';
+import { KilnError } from '../errors.js';
+import type { PortLink } from './types.js';
+
+/** Where scripts/setup builds the addon. */
+export const NETNS_ADDON = '/usr/local/lib/kiln/kiln-netns.node';
+
+let addon: { connect(nsFd: number, port: number): number } | undefined;
+
+function loadAddon(): NonNullable<typeof addon> {
+  if (addon) return addon;
+  if (!existsSync(NETNS_ADDON)) throw new KilnError('runtime_unavailable', `the port link addon ${NETNS_ADDON} is missing: run scripts/setup, which builds it`, 503);
+  addon = createRequire(import.meta.url)(NETNS_ADDON) as NonNullable<typeof addon>;
+  return addon;
+}
+
+/** Why port links cannot work here, or undefined when they can (for `kiln doctor`). */
+export function netnsProblem(): string | undefined {
+  try {
+    loadAddon();
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  }
+}
+
+/** The ports of one sandbox's network namespace. */
+export class NetnsPorts {
+  private nsFd: number | undefined;
+
+  /**
+   * @param name names the sandbox in link keys
+   * @param nsPid a host pid inside the namespace, alive now
+   */
+  constructor(
+    private readonly name: string,
+    private readonly nsPid: number,
+  ) {
+    loadAddon();
+    this.nsFd = openSync(`/proc/${nsPid}/ns/net`, 'r');
+  }
+
+  link(port: number): PortLink {
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new KilnError('invalid_request', `port: ${port} is not a TCP port`, 400);
+    return { key: `${this.name}:${port}`, connect: () => this.connect(port), netnsPid: this.nsPid };
+  }
+
+  private connect(port: number): net.Socket {
+    try {
+      if (this.nsFd === undefined) throw new Error('the sandbox is gone');
+      const fd = loadAddon().connect(this.nsFd, port);
+      return new net.Socket({ fd, readable: true, writable: true });
+    } catch (e) {
+      // As net.connect reports a refusal: an error event on the socket, not a throw.
+      const s = new net.Socket();
+      process.nextTick(() => s.destroy(e as Error));
+      return s;
+    }
+  }
+
+  close(): void {
+    if (this.nsFd !== undefined) closeSync(this.nsFd);
+    this.nsFd = undefined;
+  }
+}
