@@ -26,7 +26,7 @@ import { checkRelativePath } from '../../sandbox/paths.js';
 import type { ExecKill, ExecRequest, ExecResult, PortLink, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
 import { WORK_DIR } from '../types.js';
 import { decodeExit, readKey, readNumber as readNum } from '../kernel.js';
-import { NetnsPorts } from '../netns.js';
+import { NetnsPorts, netnsProblem } from '../netns.js';
 import { PidLineReader, killScript, sentryHostLimits, wrapWithPidLine } from '../gvisor/sentry.js';
 import { seccompMounts, underFilter } from '../gvisor/seccomp.js';
 import { deviceMasks } from '../gvisor/dev.js';
@@ -98,6 +98,8 @@ export class DockerRuntime implements Runtime {
         return { runtime: this.name, ok: false, detail: `Docker ${v.Version}, no OCI runtime ${this.opts.ociRuntime}`, fix: 'run scripts/setup (it registers runsc with dockerd)' };
       }
       if (images.length === 0) return { runtime: this.name, ok: false, detail: `Docker ${v.Version}, image kiln-python:local missing`, fix: 'run scripts/build-images' };
+      const noLinks = this.opts.sentry ? undefined : netnsProblem();
+      if (noLinks) return { runtime: this.name, ok: false, detail: `Docker ${v.Version}; ${noLinks}`, fix: 'run scripts/setup as root (sessions need it to reach their server)' };
       return { runtime: this.name, ok: true, detail: `Docker ${v.Version}, runtime ${this.opts.ociRuntime}, kiln-python:local present` };
     } catch (e) {
       return { runtime: this.name, ok: false, detail: `no Docker engine at ${this.opts.socketPath}: ${(e as Error).message}`, fix: 'apt-get install docker.io and start dockerd (scripts/setup does both)' };

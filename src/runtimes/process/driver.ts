@@ -23,7 +23,7 @@ import { WORK_DIR } from '../types.js';
 import { Cgroup, detectCgroupMode, listChildren, type CgroupMode } from './cgroups.js';
 import { DEFAULT_LAUNCHER, enterArgv, launchArgv, LAUNCHER_ENV, LAUNCHER_ERROR_PREFIX, STATUS_FD } from './bwrap.js';
 import { buildSeccompFilter, filterDigest } from './seccomp.js';
-import { NetnsPorts } from '../netns.js';
+import { NetnsPorts, netnsProblem } from '../netns.js';
 import { portListening } from '../listening.js';
 import { decodeExit } from '../kernel.js';
 
@@ -104,6 +104,8 @@ export class ProcessRuntime implements Runtime {
     if (noLauncher) fix.push(noLauncher);
     const missing = await helperProblem(this.helper, 'seccomp helper');
     if (missing) fix.push(`${missing} (execs into session sandboxes need it)`);
+    const noLinks = netnsProblem();
+    if (noLinks) fix.push(`${noLinks} (sessions need it to reach their server)`);
     if (fix.length === 0) {
       try {
         const sb = await this.create({ template: 'doctor', limits: { cpus: 1, memoryMb: 64, pids: 16, diskMb: 1 } });
