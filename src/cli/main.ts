@@ -118,7 +118,7 @@ export function buildCli(): Command {
     const config = configFrom(flags);
     const kiln = await startKiln(config, { ephemeral: true });
     try {
-      const checks = await kiln.runtimes.checkAll();
+      const checks = await kiln.runtimes.checkAll(0);
       for (const c of checks) {
         process.stdout.write(`${c.ok ? 'ok  ' : 'FAIL'} ${c.runtime.padEnd(8)} ${c.detail}\n`);
         if (c.fix) process.stdout.write(`     fix: ${c.fix}\n`);

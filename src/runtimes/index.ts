@@ -9,8 +9,13 @@ import { DockerRuntime } from './docker/driver.js';
 import { GvisorRuntime } from './gvisor/driver.js';
 import type { Runtime, RuntimeCheck, SandboxLimits, SandboxSpec } from './types.js';
 
+/** How long a round of runtime checks answers `checkAll` (ms). */
+const CHECK_MAX_AGE_MS = 30_000;
+
 export class Runtimes {
   private readonly drivers = new Map<string, Runtime>();
+  /** The last round of checks: its answers, and when they came (unset while it runs). */
+  private checks: { result: Promise<RuntimeCheck[]>; at?: number } | undefined;
 
   constructor(
     private readonly config: KilnConfig,
@@ -35,8 +40,21 @@ export class Runtimes {
     return [...this.drivers.values()];
   }
 
-  async checkAll(): Promise<RuntimeCheck[]> {
-    return Promise.all(this.all().map((r) => r.check().catch((e: Error) => ({ runtime: r.name, ok: false, detail: e.message }))));
+  /**
+   * Every runtime's check. A check starts real sandboxes (a runsc container
+   * takes about a second), so answers up to `maxAgeMs` old are reused and
+   * callers arriving meanwhile share one round: `GET /v1/info` cannot be
+   * used to make kiln start sandboxes in a loop. `kiln doctor` asks with 0.
+   */
+  async checkAll(maxAgeMs = CHECK_MAX_AGE_MS): Promise<RuntimeCheck[]> {
+    const cached = this.checks;
+    if (cached && (cached.at === undefined || performance.now() - cached.at <= maxAgeMs)) return cached.result;
+    const round: { result: Promise<RuntimeCheck[]>; at?: number } = {
+      result: Promise.all(this.all().map((r) => r.check().catch((e: Error) => ({ runtime: r.name, ok: false, detail: e.message })))),
+    };
+    this.checks = round;
+    void round.result.then(() => (round.at = performance.now()));
+    return round.result;
   }
 
   /** The sandbox spec for a template, its limits raised to at least `atLeast`. */

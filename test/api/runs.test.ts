@@ -159,6 +159,25 @@ test('languages, templates, info, health, metrics and docs answer', async () => 
   assert.equal((await t.app.inject({ url: '/docs/json' })).json().paths['/v1/runs'] !== undefined, true);
 });
 
+test('GET /v1/info reuses a recent round of runtime checks instead of starting sandboxes per request', async () => {
+  const proc = t.kiln.runtimes.get('process');
+  const check = proc.check;
+  let calls = 0;
+  proc.check = async () => {
+    calls++;
+    return check.call(proc);
+  };
+  try {
+    const fresh = await t.kiln.runtimes.checkAll(0); // a new round, as kiln doctor asks
+    assert.equal(calls, 1);
+    const answers = await Promise.all(Array.from({ length: 5 }, () => t.app.inject({ url: '/v1/info' })));
+    for (const a of answers) assert.deepEqual(a.json().runtimes, fresh);
+    assert.equal(calls, 1, 'five info requests within the reuse window ran no new check');
+  } finally {
+    proc.check = check;
+  }
+});
+
 test('the queue limit answers 429 with Retry-After', async () => {
   const q = await startTestKiln(testConfig({ runs: { concurrency: 1, queueMax: 1 } }));
   try {
