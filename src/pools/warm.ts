@@ -4,7 +4,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
-import net from 'node:net';
 import type { KilnConfig, TemplateConfig } from '../config/schema.js';
 import { KilnError } from '../errors.js';
 import type { Runtimes } from '../runtimes/index.js';

@@ -1,12 +1,12 @@
 /**
  * The session proxy: every method and WebSocket upgrade on `/s/<token>/...`
  * reaches the template's port inside the session's sandbox, through the
- * sandbox's port link (a connection made inside its network namespace). A lean node:http/net proxy: bodies stream both
- * ways, nothing is buffered. Requests and open sockets count as activity.
+ * sandbox's port link (see ../runtimes/netns.ts). A lean node:http proxy:
+ * bodies stream both ways, nothing is buffered. Requests and open sockets
+ * count as activity.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import { timingSafeEqual } from 'node:crypto';
-import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { SessionService, LiveSession } from '../sessions/service.js';
 import type { KilnConfig } from '../config/schema.js';

@@ -49,8 +49,8 @@ export interface DockerTemplate {
 }
 
 const SANDBOX_USER = '65534:65534';
-/** gVisor relay sockets and the seccomp filter: a root-owned host dir no container mounts. */
-export const BRIDGE_ROOT = '/run/kiln-docker';
+/** gVisor's host files (relay sockets, the seccomp filter, the empty /dev mask): a root-owned dir no container mounts whole. */
+export const SENTRY_HOST_DIR = '/run/kiln-docker';
 const CPU_POLL_MS = 20;
 const BASE_ENV = ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'TMPDIR=/tmp', 'LANG=C.UTF-8'];
 
@@ -124,8 +124,8 @@ export class DockerRuntime implements Runtime {
     const sentry = this.opts.sentry ?? false;
     const main = spec.main?.command ?? ['sleep', 'infinity'];
     // Throws, before anything is created, when the seccomp helper is missing.
-    const masks = sentry ? deviceMasks(BRIDGE_ROOT) : { mounts: [], tmpfs: {} };
-    const sentryMounts = sentry ? [...relayMounts(), ...seccompMounts(BRIDGE_ROOT), ...masks.mounts] : [];
+    const masks = sentry ? deviceMasks(SENTRY_HOST_DIR) : { mounts: [], tmpfs: {} };
+    const sentryMounts = sentry ? [...relayMounts(), ...seccompMounts(SENTRY_HOST_DIR), ...masks.mounts] : [];
     let container: Docker.Container;
     try {
       container = await this.docker.createContainer({
@@ -230,7 +230,7 @@ class DockerSandbox implements Sandbox {
     this.cgroup = new ContainerCgroup(fullId);
     this.current = { memoryMb: spec.limits.memoryMb, pids: spec.limits.pids };
     // Under runsc the sandbox's loopback lives in gVisor's netstack, not in a host network namespace.
-    this.ports = sentry ? new ExecRelays(join(BRIDGE_ROOT, id), container, SANDBOX_USER, relayMounts().length > 0) : new NetnsPorts(id, nsPid);
+    this.ports = sentry ? new ExecRelays(join(SENTRY_HOST_DIR, id), container, SANDBOX_USER, relayMounts().length > 0) : new NetnsPorts(id, nsPid);
     this.mainExited = spec.main ? container.wait().then(() => undefined, () => undefined) : undefined;
   }
 

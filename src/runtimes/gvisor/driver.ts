@@ -4,7 +4,7 @@
  * host's. Templates see the same sandboxes as with `docker`; what differs
  * inside the driver is described in ./sentry.ts.
  */
-import { BRIDGE_ROOT, DockerRuntime, withTimeout } from '../docker/driver.js';
+import { SENTRY_HOST_DIR, DockerRuntime, withTimeout } from '../docker/driver.js';
 import { seccompMounts, underFilter } from './seccomp.js';
 import type { RuntimeCheck } from '../types.js';
 
@@ -30,7 +30,7 @@ export class GvisorRuntime extends DockerRuntime {
     const fix = 'run scripts/setup as root (it registers runsc in /etc/docker/daemon.json and reloads dockerd); see /var/log/kiln-dockerd.log';
     let mounts;
     try {
-      mounts = seccompMounts(BRIDGE_ROOT);
+      mounts = seccompMounts(SENTRY_HOST_DIR);
     } catch (e) {
       return { runtime: this.name, ok: false, detail: (e as Error).message, fix: 'run scripts/setup as root' };
     }
