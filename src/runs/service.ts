@@ -116,6 +116,8 @@ export class RunService {
     await this.deps.store.finish(run);
     this.deps.events.safeEmit('run:done', { ...run });
     // Clean-up after the answer: the client has its verdict; the queue slot (and budget) stay held until the sandbox is gone.
+    // One macrotask first, so the answer's write (microtasks and ticks) goes out before destroy's synchronous cgroup work.
+    await new Promise((r) => setImmediate(r));
     await sandbox?.destroy().catch((e: unknown) => this.deps.log?.warn({ err: messageOf(e) }, 'sandbox destroy failed'));
   }
 
