@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include "../helpers.h"
 
 #define BUF_SIZE 65536
 
@@ -43,13 +44,6 @@ struct pipe_dir {
   int eof; /* `from` ended; nothing more to read */
 };
 
-static long parse_num(const char *s, long max) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || *s == '\0' || *end != '\0' || v < 1 || v > max) return -1;
-  return v;
-}
 
 static void set_nonblock(int fd) {
   int fl = fcntl(fd, F_GETFL);
@@ -110,15 +104,15 @@ static int drain(struct pipe_dir *d) {
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN); /* a gone reader shows as EPIPE, handled below */
   if (argc == 3 && strcmp(argv[1], "-k") == 0) {
-    long pid = parse_num(argv[2], 0x7fffffff);
-    if (pid < 0) {
+    long pid = parse_decimal(argv[2], 0x7fffffff);
+    if (pid < 1) {
       fprintf(stderr, "kiln-relay: -k needs a pid, got %s\n", argv[2]);
       return 2;
     }
     return kill_relay(pid, argv[0]);
   }
-  long port = argc == 2 ? parse_num(argv[1], 65535) : -1;
-  if (port < 0) {
+  long port = argc == 2 ? parse_decimal(argv[1], 65535) : -1;
+  if (port < 1) {
     fprintf(stderr, "usage: kiln-relay PORT | kiln-relay -k PID\n");
     return 2;
   }

@@ -29,6 +29,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
+#include "../helpers.h"
 
 #define ME "kiln-launcher"
 #define WORK_FD 5
@@ -46,14 +47,6 @@ static int usage(const char *why) {
   return 125;
 }
 
-/* A decimal number in [0, max], or -1. */
-static long number(const char *s, long max) {
-  char *end;
-  errno = 0;
-  long n = strtol(s, &end, 10);
-  if (*s == '\0' || *end != '\0' || errno != 0 || n < 0 || n > max) return -1;
-  return n;
-}
 
 /* Opens path as exactly fd `at`, inherited across exec. */
 static int open_as(const char *path, int flags, int at, const char *what) {
@@ -97,8 +90,8 @@ int main(int argc, char **argv) {
     else if (strcmp(opt, "--work-dir") == 0) work = val;
     else if (strcmp(opt, "--seccomp") == 0) seccomp = val;
     else if (strcmp(opt, "--helper") == 0) helper = val;
-    else if (strcmp(opt, "--uid") == 0) uid = number(val, 0x7fffffff);
-    else if (strcmp(opt, "--gid") == 0) gid = number(val, 0x7fffffff);
+    else if (strcmp(opt, "--uid") == 0) uid = parse_decimal(val, 0x7fffffff);
+    else if (strcmp(opt, "--gid") == 0) gid = parse_decimal(val, 0x7fffffff);
     else {
       fprintf(stderr, ME ": unknown option %s\n", opt);
       return 125;
@@ -115,7 +108,7 @@ int main(int argc, char **argv) {
   struct rlimit none = { 0, 0 };
   if (setrlimit(RLIMIT_CORE, &none) != 0) return fail("RLIMIT_CORE", NULL);
   if (strcmp(cpu, "unlimited") != 0) {
-    long s = number(cpu, 1L << 30);
+    long s = parse_decimal(cpu, 1L << 30);
     if (s < 0) return usage("--cpu-seconds: expected a number of seconds or unlimited");
     struct rlimit lim = { (rlim_t)s, (rlim_t)s };
     if (setrlimit(RLIMIT_CPU, &lim) != 0) return fail("RLIMIT_CPU", NULL);

@@ -29,6 +29,7 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include "../helpers.h"
 
 #define ME "kiln-seccomp-exec"
 /* The kernel's limit is 4096 instructions of 8 bytes. */
@@ -39,14 +40,6 @@ static int fail(const char *what) {
   return 125;
 }
 
-/* A decimal number in [0, max], or -1. */
-static long number(const char *s, long max) {
-  char *end;
-  errno = 0;
-  long n = strtol(s, &end, 10);
-  if (*s == '\0' || *end != '\0' || errno != 0 || n < 0 || n > max) return -1;
-  return n;
-}
 
 static int install_filter(int fd) {
   static unsigned char buf[MAX_BYTES + 1];
@@ -75,7 +68,7 @@ static int install_filter(int fd) {
 
 int main(int argc, char **argv) {
   if (argc >= 3 && strcmp(argv[1], "--nproc") == 0) {
-    long n = number(argv[2], 1L << 22);
+    long n = parse_decimal(argv[2], 1L << 22);
     if (n < 1) {
       fprintf(stderr, ME ": --nproc: expected a process count, got \"%s\"\n", argv[2]);
       return 125;
@@ -93,7 +86,7 @@ int main(int argc, char **argv) {
   if (argv[1][0] == '/') {
     fd = open(argv[1], O_RDONLY | O_CLOEXEC);
     if (fd < 0) return fail(argv[1]);
-  } else if ((fd = number(argv[1], 1024)) < 0) {
+  } else if ((fd = parse_decimal(argv[1], 1024)) < 0) {
     fprintf(stderr, ME ": expected a file descriptor number or an absolute path, got \"%s\"\n", argv[1]);
     return 125;
   }
