@@ -27,7 +27,7 @@ import type { ExecKill, ExecRequest, ExecResult, PortLink, Runtime, RuntimeCheck
 import { WORK_DIR } from '../types.js';
 import { decodeExit, readKey, readNumber as readNum } from '../kernel.js';
 import { NetnsPorts, netnsProblem } from '../netns.js';
-import { PidLineReader, killScript, sentryHostLimits, wrapWithPidLine } from '../gvisor/sentry.js';
+import { PidLineReader, execToEnd, killScript, sentryHostLimits, wrapWithPidLine } from '../gvisor/sentry.js';
 import { seccompMounts, underFilter } from '../gvisor/seccomp.js';
 import { deviceMasks } from '../gvisor/dev.js';
 import { ExecRelays, relayMounts } from '../gvisor/relay.js';
@@ -357,14 +357,7 @@ class DockerSandbox implements Sandbox {
   private async killInSentry(pid: Promise<number | undefined>): Promise<void> {
     const target = await pid;
     if (target === undefined) return; // the wrapper never ran: nothing of the exec exists
-    const killer = await this.container.exec({ Cmd: killScript(target), User: '0:0', Privileged: true, AttachStdout: true, AttachStderr: true });
-    const stream = await killer.start({ hijack: true, stdin: false });
-    stream.resume();
-    await new Promise<void>((resolve) => {
-      stream.on('end', resolve);
-      stream.on('close', resolve);
-      stream.on('error', () => resolve());
-    });
+    await execToEnd(this.container, { Cmd: killScript(target), User: '0:0', Privileged: true });
   }
 
   /**

@@ -26,7 +26,7 @@ import net from 'node:net';
 import { dirname, join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { KilnError } from '../../errors.js';
-import { PidLineReader } from './sentry.js';
+import { PidLineReader, execToEnd } from './sentry.js';
 import { DockerFrames } from './frames.js';
 import type { PortLink } from '../types.js';
 
@@ -210,14 +210,7 @@ class RelayConnection {
 
   private async kill(pid: number): Promise<void> {
     try {
-      const killer = await this.container.exec({ Cmd: [RELAY_PATH, '-k', String(pid)], User: this.user, AttachStdout: true, AttachStderr: true });
-      const out = await killer.start({ hijack: true, stdin: false });
-      out.resume();
-      await new Promise<void>((resolve) => {
-        out.on('end', resolve);
-        out.on('close', resolve);
-        out.on('error', () => resolve());
-      });
+      await execToEnd(this.container, { Cmd: [RELAY_PATH, '-k', String(pid)], User: this.user });
     } catch {
       /* the sandbox is gone: so is the relay */
     }

@@ -25,6 +25,7 @@
  * - Host pids mean nothing inside: an exec is killed from inside the sentry,
  *   by its process group and session.
  */
+import type Docker from 'dockerode';
 import type { SandboxLimits } from '../types.js';
 
 /** Host tasks the sentry may have (threads + ptrace stubs). A backstop, far above what a contained fork bomb leaves. */
@@ -116,4 +117,16 @@ export function killScript(pid: number): string[] {
     'done',
   ].join('\n');
   return ['/bin/sh', '-c', script, 'kiln-kill', String(pid)];
+}
+
+/** Runs one `docker exec` to its end, its output read and dropped (the kill helpers'). */
+export async function execToEnd(container: Docker.Container, opts: Docker.ExecCreateOptions): Promise<void> {
+  const exec = await container.exec({ ...opts, AttachStdout: true, AttachStderr: true });
+  const out = await exec.start({ hijack: true, stdin: false });
+  out.resume();
+  await new Promise<void>((resolve) => {
+    out.on('end', resolve);
+    out.on('close', resolve);
+    out.on('error', () => resolve());
+  });
 }
