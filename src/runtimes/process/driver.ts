@@ -255,10 +255,15 @@ async function setupFinished(nsPid: number, exited: Promise<void>): Promise<bool
 /** What the helper prints before exiting 125 when it could not install the filter. */
 const HELPER_ERROR_PREFIX = 'kiln-seccomp-exec: ';
 
+/** Helpers found executable once: every create and exec asks, and a thread-pool hop each time would be on the hot path. */
+const helpersFound = new Set<string>();
+
 /** Why a static helper scripts/setup builds (the launcher, the seccomp helper) cannot be used, or undefined when it can. */
 async function helperProblem(path: string, what: string): Promise<string | undefined> {
+  if (helpersFound.has(path)) return undefined;
   try {
     await access(path, fsConstants.X_OK);
+    helpersFound.add(path);
     return undefined;
   } catch {
     return `the ${what} ${path} is missing or not executable: run scripts/setup, which builds it`;
