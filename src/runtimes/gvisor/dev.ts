@@ -9,23 +9,14 @@
  * empty read-only file bound over each extra node, and an empty read-only
  * tmpfs over /dev/net.
  */
-import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { hostFile, type BindMount } from './seccomp.js';
 
 const EXTRA_NODES = ['/dev/full', '/dev/fuse', '/dev/pts/ptmx'];
 const EXTRA_DIRS = ['/dev/net'];
 
-type BindMount = { Type: 'bind'; Source: string; Target: string; ReadOnly: boolean };
-
-/** The mounts and tmpfs entries of a gVisor sandbox's HostConfig that cover the extra devices; writes `<dir>/empty` once. */
+/** The mounts and tmpfs entries of a gVisor sandbox's HostConfig that cover the extra devices. */
 export function deviceMasks(dir: string): { mounts: BindMount[]; tmpfs: Record<string, string> } {
-  const empty = join(dir, 'empty');
-  if (!existsSync(empty)) {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const tmp = `${empty}.${process.pid}`;
-    writeFileSync(tmp, '', { mode: 0o444 });
-    renameSync(tmp, empty);
-  }
+  const empty = hostFile(dir, 'empty', '', 0o444);
   return {
     mounts: EXTRA_NODES.map((target) => ({ Type: 'bind', Source: empty, Target: target, ReadOnly: true })),
     tmpfs: Object.fromEntries(EXTRA_DIRS.map((d) => [d, 'ro,nosuid,nodev,noexec,size=4k,mode=0555'])),

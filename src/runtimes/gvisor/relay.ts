@@ -27,6 +27,7 @@ import { dirname, join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { KilnError } from '../../errors.js';
 import { PidLineReader, execToEnd } from './sentry.js';
+import type { BindMount } from './seccomp.js';
 import { DockerFrames } from './frames.js';
 import type { PortLink } from '../types.js';
 
@@ -36,7 +37,7 @@ export const RELAY_HOST_PATH = '/usr/local/lib/kiln/kiln-relay';
 export const RELAY_PATH = '/.kiln/relay';
 
 /** The bind mount that puts the relay into a gVisor sandbox; none when setup has not built it (portLink then says so). */
-export function relayMounts(): { Type: 'bind'; Source: string; Target: string; ReadOnly: boolean }[] {
+export function relayMounts(): BindMount[] {
   return existsSync(RELAY_HOST_PATH) ? [{ Type: 'bind', Source: RELAY_HOST_PATH, Target: RELAY_PATH, ReadOnly: true }] : [];
 }
 

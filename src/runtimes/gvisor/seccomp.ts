@@ -17,39 +17,47 @@ import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { KilnError } from '../../errors.js';
+import { DEFAULT_SECCOMP_HELPER } from '../process/driver.js';
 import { buildSeccompFilter, filterDigest } from '../process/seccomp.js';
 
-/** Where scripts/setup builds the helper on the host (shared with the process runtime). */
-export const HELPER_HOST_PATH = '/usr/local/lib/kiln/seccomp-exec';
 /** Where a gVisor sandbox sees the helper and the filter. */
 export const HELPER_PATH = '/.kiln/seccomp-exec';
 export const FILTER_PATH = '/.kiln/seccomp.bpf';
 
-const filter = buildSeccompFilter();
-let written: string | undefined;
+/** A read-only bind mount of a host file into a gVisor sandbox. */
+export type BindMount = { Type: 'bind'; Source: string; Target: string; ReadOnly: boolean };
 
 /**
- * The bind mounts of helper and filter. Writes the filter file under `dir`
- * once per process (named by its content, written whole and renamed into
- * place, 0644: the sandbox uid reads it, and it holds nothing secret).
+ * `<dir>/<name>` holding `content`, written when absent: whole, then renamed
+ * into place, so a sandbox starting meanwhile never binds half a file.
+ * Name it after its content; it is readable by all (`mode`), secrets never go here.
+ */
+export function hostFile(dir: string, name: string, content: Buffer | string, mode: number): string {
+  const path = join(dir, name);
+  if (!existsSync(path)) {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}`;
+    writeFileSync(tmp, content, { mode, flag: 'wx' });
+    renameSync(tmp, path);
+  }
+  return path;
+}
+
+const filter = buildSeccompFilter();
+const filterName = `seccomp-${filterDigest(filter)}.bpf`;
+
+/**
+ * The bind mounts of helper and filter (0644: the sandbox uid reads it).
  * Throws when setup has not built the helper: a gVisor sandbox never starts
  * without its filter.
  */
-export function seccompMounts(dir: string): { Type: 'bind'; Source: string; Target: string; ReadOnly: boolean }[] {
-  if (!existsSync(HELPER_HOST_PATH)) {
-    throw new KilnError('runtime_unavailable', `gvisor: the seccomp helper ${HELPER_HOST_PATH} is missing; run scripts/setup, which builds it`, 503);
-  }
-  if (written === undefined || !existsSync(written)) {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const path = join(dir, `seccomp-${filterDigest(filter)}.bpf`);
-    const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}`;
-    writeFileSync(tmp, filter, { mode: 0o644, flag: 'wx' });
-    renameSync(tmp, path);
-    written = path;
+export function seccompMounts(dir: string): BindMount[] {
+  if (!existsSync(DEFAULT_SECCOMP_HELPER)) {
+    throw new KilnError('runtime_unavailable', `gvisor: the seccomp helper ${DEFAULT_SECCOMP_HELPER} is missing; run scripts/setup, which builds it`, 503);
   }
   return [
-    { Type: 'bind', Source: HELPER_HOST_PATH, Target: HELPER_PATH, ReadOnly: true },
-    { Type: 'bind', Source: written, Target: FILTER_PATH, ReadOnly: true },
+    { Type: 'bind', Source: DEFAULT_SECCOMP_HELPER, Target: HELPER_PATH, ReadOnly: true },
+    { Type: 'bind', Source: hostFile(dir, filterName, filter, 0o644), Target: FILTER_PATH, ReadOnly: true },
   ];
 }
 
