@@ -52,6 +52,8 @@ const SANDBOX_USER = '65534:65534';
 /** gVisor's host files (relay sockets, the seccomp filter, the empty /dev mask): a root-owned dir no container mounts whole. */
 export const SENTRY_HOST_DIR = '/run/kiln-docker';
 const CPU_POLL_MS = 20;
+/** How long killing an exec may take before kiln stops waiting for it and ends the exec's streams, ms. */
+const KILL_TIMEOUT_MS = 15_000;
 const BASE_ENV = ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'TMPDIR=/tmp', 'LANG=C.UTF-8'];
 
 /**
@@ -272,7 +274,8 @@ class DockerSandbox implements Sandbox {
     const kill = (why: ExecKill) => {
       if (killedBy === null) killedBy = why;
       killedByUs = true;
-      killing ??= (this.sentry ? this.killInSentry(pidLine.pid) : this.killExec(exec)).finally(() => stream.destroy());
+      // Bounded: under a fork bomb a kill inside gVisor has been seen to never return; the exec must end all the same.
+      killing ??= Promise.race([this.sentry ? this.killInSentry(pidLine.pid) : this.killExec(exec), giveUpAfter(KILL_TIMEOUT_MS)]).finally(() => stream.destroy());
     };
     const stdout = new CappedBuffer(limits.outputBytes, () => kill('output_limit'), req.onStdout);
     const stderr = new CappedBuffer(limits.outputBytes, () => kill('output_limit'), req.onStderr);
@@ -493,6 +496,11 @@ class ContainerCgroup {
       pids: await readNum(join(v1.pids, 'pids.current')),
     };
   }
+}
+
+/** Resolves after `ms` without holding the process open. */
+function giveUpAfter(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
 
 export async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
