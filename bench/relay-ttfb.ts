@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { startKiln } from '../src/app.js';
 import { buildApi } from '../src/api/server.js';
 import { DEFAULT_CONFIG } from '../src/config/defaults.js';
-import { dropBackendAgent } from '../src/proxy/agents.js';
+import { dropBackend } from '../src/proxy/backends.js';
 import { percentile } from './stats.js';
 
 const samples = Number(process.argv[2] ?? 7);
@@ -47,7 +47,7 @@ try {
     const fresh: number[] = [];
     const reused: number[] = [];
     for (let i = 0; i < samples; i++) {
-      dropBackendAgent(link);
+      dropBackend(link);
       fresh.push(await ttfb(`${base}${s.url}`));
       reused.push(await ttfb(`${base}${s.url}`));
     }

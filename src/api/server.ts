@@ -42,6 +42,7 @@ export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<Fasti
         else handler(req, res);
       };
       const server = tls ? https.createServer(tls, onRequest) : http.createServer(onRequest);
+      kiln.proxy.install(server);
       server.on('upgrade', (req, socket, head) => {
         if (req.url?.startsWith(PREFIX)) void kiln.proxy.upgrade(req, socket, head);
         else socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');

@@ -54,7 +54,7 @@ export const TemplateSchema = Type.Object(
     /** Port the server listens on inside the sandbox (reached only through kiln's proxy). */
     port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
     /** Readiness: an HTTP path answering below 500, or a TCP connect. Default { tcp: true }. */
-    ready: Type.Optional(Type.Union([Type.Object({ http: Type.String({ pattern: '^/' }) }, strict), Type.Object({ tcp: Type.Literal(true) }, strict)])),
+    ready: Type.Optional(Type.Union([Type.Object({ http: Type.String({ pattern: '^/\\S*$' }) }, strict), Type.Object({ tcp: Type.Literal(true) }, strict)])),
     /** Seconds without requests or open sockets before a session ends (stopReason idle). */
     idleTimeoutS: Type.Optional(Type.Integer({ minimum: 1 })),
     /** Seconds a session may live at most (stopReason max_duration). */

@@ -3,13 +3,12 @@
  * `startWarm` is how both the pool and a cold start make one.
  */
 import { randomBytes } from 'node:crypto';
-import http from 'node:http';
 import type { KilnConfig, TemplateConfig } from '../config/schema.js';
 import { KilnError } from '../errors.js';
 import type { Runtimes } from '../runtimes/index.js';
 import type { PortLink, Sandbox } from '../runtimes/types.js';
 import type { Reservation } from './budget.js';
-import { backendAgent } from '../proxy/agents.js';
+import { getStatus } from '../proxy/client.js';
 
 export interface WarmSandbox {
   sandbox: Sandbox;
@@ -101,22 +100,11 @@ async function waitReady(sandbox: Sandbox, pending: Promise<PortLink>, t: Templa
 }
 
 /** Ready when the server answers the path with any status below 500. */
-function httpProbe(link: PortLink, path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    // Through the proxy's keep-alive agent: the connection that proved readiness serves the first request.
-    // (No socket timeout option: it would stay on the pooled socket and close it when idle.)
-    const req = http.get({ path, agent: backendAgent(link), headers: { host: 'localhost' } }, (res) => {
-      clearTimeout(timer);
-      res.resume();
-      resolve((res.statusCode ?? 500) < 500);
-    });
-    // Generous: opening a backend connection may itself take hundreds of ms (gVisor's exec relay) on a busy host.
-    const timer = setTimeout(() => req.destroy(), PROBE_TIMEOUT_MS);
-    req.on('error', () => {
-      clearTimeout(timer);
-      resolve(false);
-    });
-  });
+async function httpProbe(link: PortLink, path: string): Promise<boolean> {
+  // On the proxy's connections: the one that proved readiness serves the first request.
+  // Generous: opening a backend connection may itself take hundreds of ms (gVisor's exec relay) on a busy host.
+  const status = await getStatus(link, path, PROBE_TIMEOUT_MS);
+  return status !== undefined && status < 500;
 }
 
 /**

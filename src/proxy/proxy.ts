@@ -1,17 +1,25 @@
 /**
  * The session proxy: every method and WebSocket upgrade on `/s/<token>/...`
  * reaches the template's port inside the session's sandbox, through the
- * sandbox's port link (see ../runtimes/netns.ts). A lean node:http proxy:
- * bodies stream both ways, nothing is buffered. Requests and open sockets
- * count as activity.
+ * sandbox's port link (see ../runtimes/netns.ts). Bodies stream both ways,
+ * nothing is buffered. Requests and open sockets count as activity.
+ *
+ * Two paths: plain HTTP/1.1 requests to ready sessions take the fast path
+ * (./fast.ts: kiln frames them itself and forwards bytes); the rest (a
+ * session still starting or ended, upgrades, HTTP/1.0, odd heads) come here
+ * through node's HTTP server.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type https from 'node:https';
+import type net from 'node:net';
+import tls from 'node:tls';
 import { timingSafeEqual } from 'node:crypto';
 import type { Duplex } from 'node:stream';
+import { FastPath, type FastRoute, type FastRouter } from './fast.js';
 import type { SessionService, LiveSession } from '../sessions/service.js';
 import type { KilnConfig } from '../config/schema.js';
 import { pageHtml } from './pages.js';
-import { backendAgent, dropAllBackendAgents } from './agents.js';
+import { backendAgent, dropAllBackends } from './backends.js';
 import { SECURE_PAGE_HEADERS } from '../api/protect.js';
 
 export const PREFIX = '/s/';
@@ -109,8 +117,9 @@ export interface ProxyStats {
   openSockets: number;
 }
 
-export class SessionProxy {
+export class SessionProxy implements FastRouter {
   readonly stats: ProxyStats = { requests: 0, openSockets: 0 };
+  private readonly fastPaths: FastPath[] = [];
 
   constructor(
     private readonly sessions: SessionService,
@@ -118,7 +127,7 @@ export class SessionProxy {
   ) {}
 
   /** Split `/s/<key>/rest?q` (key: the token, or the session id with the cookie) into the key and what the server should see. */
-  private route(url: string): { token: string; rest: string } | undefined {
+  private split(url: string): { token: string; rest: string } | undefined {
     if (!url.startsWith(PREFIX)) return undefined;
     const end = url.indexOf('/', PREFIX.length);
     const q = url.indexOf('?', PREFIX.length);
@@ -134,9 +143,69 @@ export class SessionProxy {
     return session?.status === 'ready' && session.warm ? session : undefined;
   }
 
+  /**
+   * The fast path's question: where a plain request goes, if to a ready
+   * session. Undefined leaves it to node's server and `handle` (which answers
+   * unknown, starting and ended sessions, and moves browsers off token URLs).
+   */
+  route(method: string, target: string, cookie: string | undefined, navigate: boolean): FastRoute | undefined {
+    if (!target.startsWith(PREFIX)) return undefined;
+    const end = target.indexOf('/', PREFIX.length);
+    if (end < 0) return undefined;
+    const key = target.slice(PREFIX.length, end);
+    let session = this.sessions.byTokenLookup(key);
+    const byToken = session !== undefined;
+    if (!session) {
+      const byId = this.sessions.byIdLookup(key);
+      const secret = cookieValue(cookie, SESSION_COOKIE);
+      if (byId && secret !== undefined && sameSecret(secret, byId.token)) session = byId;
+    }
+    if (!session || session.status !== 'ready' || !session.warm) return undefined;
+    const keep = this.config.templates[session.template]?.basePath === 'keep';
+    if (byToken && !keep && method === 'GET' && navigate) return undefined; // see moveBrowser
+    const live = session;
+    const stats = this.stats;
+    return {
+      link: live.warm!.link,
+      path: keep ? target : target.slice(end),
+      prefix: `${PREFIX}${key}`,
+      begin() {
+        live.touch();
+        live.openSockets++;
+        stats.requests++;
+        stats.openSockets++;
+      },
+      end() {
+        live.openSockets--;
+        stats.openSockets--;
+        live.touch();
+      },
+    };
+  }
+
+  /**
+   * Put the fast path in front of node's HTTP server: each new connection
+   * starts there, and node's own connection listener gets those it hands off.
+   */
+  install(server: http.Server | https.Server): void {
+    const event = server instanceof tls.Server ? 'secureConnection' : 'connection';
+    const nodeListener = server.listeners(event).find((l) => l.name === 'connectionListener') as ((s: net.Socket) => void) | undefined;
+    if (!nodeListener) throw new Error(`the proxy's fast path found no node:http listener for '${event}'`);
+    server.removeListener(event, nodeListener);
+    const fast = new FastPath(this, (s) => nodeListener.call(server, s), () => ({ keepAliveMs: server.keepAliveTimeout, headersMs: server.headersTimeout }));
+    this.fastPaths.push(fast);
+    server.on(event, (s: net.Socket) => fast.accept(s));
+    // Closing the server waits for every connection: the fast path's idle ones close now.
+    const close = server.close.bind(server);
+    server.close = ((cb?: (err?: Error) => void) => {
+      fast.close();
+      return close(cb);
+    }) as typeof server.close;
+  }
+
   /** Every other case: unknown token, a missing slash, a starting or ended session (answered here, or waited for). */
   private async session(req: IncomingMessage, res: ServerResponse | undefined): Promise<LiveSession | undefined> {
-    const r = this.route(req.url ?? '');
+    const r = this.split(req.url ?? '');
     const session = r ? this.lookup(r.token, req) : undefined;
     if (!r || !session) {
       res && send(res, 404, 'No such session', 'This link does not lead to a session. Ask for a new one.');
@@ -273,7 +342,8 @@ export class SessionProxy {
   }
 
   close(): void {
-    dropAllBackendAgents();
+    for (const f of this.fastPaths) f.close();
+    dropAllBackends();
   }
 }
 

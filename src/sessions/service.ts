@@ -10,7 +10,7 @@ import type { KilnEventBus } from '../events.js';
 import type { Budget, Reservation } from '../pools/budget.js';
 import { Pool, type PoolView } from '../pools/pool.js';
 import { newToken, startWarm, type WarmSandbox } from '../pools/warm.js';
-import { dropBackendAgent } from '../proxy/agents.js';
+import { dropBackend } from '../proxy/backends.js';
 import type { Runtimes } from '../runtimes/index.js';
 import type { ExecResult } from '../runtimes/types.js';
 import type { Db } from '../store/db.js';
@@ -325,7 +325,7 @@ export class SessionService {
     const warm = session.warm;
     if (!warm) return;
     session.warm = undefined;
-    dropBackendAgent(warm.link);
+    dropBackend(warm.link);
     await warm.sandbox.destroy().catch((e: unknown) => this.deps.log?.warn({ err: messageOf(e), session: session.id }, 'sandbox destroy failed'));
     this.deps.budget.release(warm.reservation);
     this.pools.get(session.template)?.release();

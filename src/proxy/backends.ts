@@ -1,0 +1,97 @@
+/**
+ * Connections to each session's server (one per port link key), shared by
+ * the readiness probe and both proxy paths, so that the connection the probe
+ * opened serves a session's first request (a gVisor link's connection is an
+ * exec, not a syscall).
+ *
+ * - idle sockets: kept per link for the next request (the fast path and the
+ *   probe take and give them back);
+ * - agents: node:http agents for the node:http path (rare requests: a session
+ *   still starting, HTTP/1.0, a browser being moved off its token URL);
+ * - `dropBackend(link)` cuts every connection to a server that is gone, busy
+ *   or idle.
+ */
+import http from 'node:http';
+import type { Socket } from 'node:net';
+import type { PortLink } from '../runtimes/types.js';
+
+/** Idle connections kept per link; more are closed as they come back. */
+const MAX_IDLE = 64;
+
+interface Backend {
+  link: PortLink;
+  /** Every connection made for the link and not yet closed (idle, in use, held by a client's connection). */
+  live: Set<Socket>;
+  idle: Socket[];
+  agent?: http.Agent;
+}
+
+const backends = new Map<string, Backend>();
+
+function backendOf(link: PortLink): Backend {
+  let b = backends.get(link.key);
+  if (!b) backends.set(link.key, (b = { link, live: new Set(), idle: [] }));
+  return b;
+}
+
+/** An idle connection to the link's server if there is one (`reused`), else a new one. */
+export function takeBackend(link: PortLink): { socket: Socket; reused: boolean } {
+  const b = backendOf(link);
+  const socket = b.idle.pop();
+  if (socket) {
+    socket.removeListener('data', dropIdle).removeListener('close', dropIdle).removeListener('error', dropIdle);
+    return { socket, reused: true };
+  }
+  return { socket: connectBackend(b), reused: false };
+}
+
+function connectBackend(b: Backend): Socket {
+  const socket = b.link.connect();
+  b.live.add(socket);
+  socket.once('close', () => b.live.delete(socket));
+  return socket;
+}
+
+/** A connection that finished an exchange cleanly and may carry another. */
+export function giveBackend(link: PortLink, socket: Socket): void {
+  const b = backends.get(link.key);
+  if (!b || socket.destroyed || b.idle.length >= MAX_IDLE) {
+    socket.destroy();
+    return;
+  }
+  // Idle: bytes the server sends now (or its close) end the connection.
+  socket.on('data', dropIdle).on('close', dropIdle).on('error', dropIdle);
+  b.idle.push(socket);
+}
+
+function dropIdle(this: Socket): void {
+  for (const b of backends.values()) {
+    const i = b.idle.indexOf(this);
+    if (i >= 0) b.idle.splice(i, 1);
+  }
+  this.destroy();
+}
+
+/** A node:http agent for the link, whose new connections are the link's (and counted as live). */
+export function backendAgent(link: PortLink): http.Agent {
+  const b = backendOf(link);
+  if (!b.agent) {
+    b.agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+    // The request's host and port mean nothing here: every connection goes through the link.
+    b.agent.createConnection = () => connectBackend(b);
+  }
+  return b.agent;
+}
+
+/** Close every connection to a server that is gone. */
+export function dropBackend(link: PortLink): void {
+  const b = backends.get(link.key);
+  if (!b) return;
+  backends.delete(link.key);
+  b.agent?.destroy();
+  for (const s of b.live) s.destroy();
+}
+
+export function dropAllBackends(): void {
+  for (const b of [...backends.values()]) dropBackend(b.link);
+}

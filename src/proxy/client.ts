@@ -1,0 +1,66 @@
+/**
+ * One GET to a session's server through its port link, on the connections
+ * the proxy uses (./backends.ts): the readiness probe's request, whose
+ * connection then serves the session's first proxied request.
+ */
+import type { PortLink } from '../runtimes/types.js';
+import { giveBackend, takeBackend } from './backends.js';
+import { BodyFrame, contentLength, listsToken, readHead, statusLine } from './http1.js';
+
+/** The status the server answers `GET path` with, or undefined if it does not answer in time or makes no sense. */
+export function getStatus(link: PortLink, path: string, timeoutMs: number): Promise<number | undefined> {
+  return new Promise((resolve) => {
+    const { socket } = takeBackend(link);
+    let pending: Buffer | undefined;
+    let status: number | undefined;
+    let body: BodyFrame | undefined;
+    let reusable = true;
+    const finish = (result: number | undefined) => {
+      clearTimeout(timer);
+      socket.removeListener('data', onData).removeListener('error', onGone).removeListener('close', onGone).removeListener('end', onGone);
+      if (result !== undefined && reusable && body?.done) giveBackend(link, socket);
+      else socket.on('error', () => undefined).destroy();
+      resolve(result);
+    };
+    const onGone = () => finish(body?.kind === 'close' ? status : undefined);
+    const onData = (chunk: Buffer): void => {
+      try {
+        let from = 0;
+        if (!body) {
+          const buf = pending ? Buffer.concat([pending, chunk]) : chunk;
+          const head = readHead(buf);
+          if (head === 'more') return void (pending = buf);
+          const sl = head === 'invalid' ? undefined : statusLine(head.line);
+          if (head === 'invalid' || !sl) return finish(undefined);
+          if (sl.status < 200) {
+            // An interim answer: the final one follows.
+            pending = buf.subarray(head.length);
+            return pending.length ? onData(Buffer.alloc(0)) : undefined;
+          }
+          status = sl.status;
+          let length: number | undefined;
+          let chunked = false;
+          for (let i = 0; i < head.fields.length; i += 2) {
+            const name = head.fields[i]!.toLowerCase();
+            const value = head.fields[i + 1]!;
+            if (name === 'content-length') length = contentLength(value);
+            else if (name === 'transfer-encoding') chunked = /chunked\s*$/i.test(value);
+            else if (name === 'connection' && listsToken(value, 'close')) reusable = false;
+          }
+          body = status === 204 || status === 304 ? BodyFrame.none() : chunked ? BodyFrame.chunked() : length !== undefined ? BodyFrame.length(length) : BodyFrame.untilClose();
+          chunk = buf;
+          from = head.length;
+          pending = undefined;
+        }
+        const n = body.take(chunk, from);
+        if (from + n < chunk.length) reusable = false;
+        if (body.done) finish(status);
+      } catch {
+        finish(undefined);
+      }
+    };
+    const timer = setTimeout(() => finish(undefined), timeoutMs);
+    socket.on('data', onData).on('error', onGone).on('close', onGone).on('end', onGone);
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: localhost\r\n\r\n`, 'latin1');
+  });
+}

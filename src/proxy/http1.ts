@@ -1,0 +1,247 @@
+/**
+ * Just enough HTTP/1.1 (RFC 9112) for the proxy's fast path: read a message
+ * head, and find where a body ends (Content-Length, chunked, or the close of
+ * the connection) while its bytes are forwarded as they came. Strict: what
+ * this does not fully understand is reported as such, and the caller hands
+ * the request to node's own parser (which answers 400) or fails the exchange.
+ */
+
+/** node's default limit for a request head (`--max-http-header-size`). */
+export const MAX_HEAD_BYTES = 16 * 1024;
+const END_OF_HEAD = Buffer.from('\r\n\r\n');
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** Control characters other than HTAB may not appear in a field value (CR and LF included). */
+const CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
+
+export interface Head {
+  /** The request line or status line. */
+  line: string;
+  /** Field names and values as they came, flat: name, value, name, value… (values without surrounding whitespace). */
+  fields: string[];
+  /** Bytes of the head, the blank line included. */
+  length: number;
+}
+
+/**
+ * The head at the start of `buf`: `'more'` if it is not all there yet,
+ * `'invalid'` if it is malformed or longer than `max` bytes.
+ */
+export function readHead(buf: Buffer, max = MAX_HEAD_BYTES): Head | 'more' | 'invalid' {
+  const end = buf.indexOf(END_OF_HEAD);
+  if (end < 0) return buf.length > max ? 'invalid' : 'more';
+  if (end + 4 > max) return 'invalid';
+  // latin1: one character per byte, so values with bytes over 0x7f go back out unchanged.
+  const lines = buf.toString('latin1', 0, end).split('\r\n');
+  const fields: string[] = [];
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i]!;
+    const colon = line.indexOf(':');
+    // No colon, or a folded line (obsolete, RFC 9112 §5.2): not ours to guess.
+    if (colon <= 0) return 'invalid';
+    const name = line.slice(0, colon);
+    if (!TOKEN.test(name)) return 'invalid';
+    const value = trimSpace(line, colon + 1);
+    if (CTL.test(value)) return 'invalid';
+    fields.push(name, value);
+  }
+  const first = lines[0]!;
+  if (first.length === 0 || CTL.test(first)) return 'invalid';
+  return { line: first, fields, length: end + 4 };
+}
+
+/** `s` from `from` without leading and trailing spaces and tabs (only those: RFC 9110's OWS). */
+function trimSpace(s: string, from: number): string {
+  let a = from;
+  let b = s.length;
+  while (a < b && (s.charCodeAt(a) === 32 || s.charCodeAt(a) === 9)) a++;
+  while (b > a && (s.charCodeAt(b - 1) === 32 || s.charCodeAt(b - 1) === 9)) b--;
+  return s.slice(a, b);
+}
+
+export interface RequestLine {
+  method: string;
+  target: string;
+}
+
+/** `METHOD target HTTP/1.1`, or undefined for anything else (other versions included). */
+export function requestLine(line: string): RequestLine | undefined {
+  const a = line.indexOf(' ');
+  const b = line.indexOf(' ', a + 1);
+  if (a <= 0 || b < 0 || line.indexOf(' ', b + 1) >= 0) return undefined;
+  if (line.slice(b + 1) !== 'HTTP/1.1') return undefined;
+  const method = line.slice(0, a);
+  const target = line.slice(a + 1, b);
+  if (!TOKEN.test(method) || target.charCodeAt(0) !== 47 /* / */) return undefined;
+  return { method, target };
+}
+
+export interface StatusLine {
+  status: number;
+  reason: string;
+}
+
+/** `HTTP/1.x NNN reason`, or undefined. */
+export function statusLine(line: string): StatusLine | undefined {
+  if (!line.startsWith('HTTP/1.') || line.length < 12 || line.charCodeAt(8) !== 32) return undefined;
+  const v = line.charCodeAt(7);
+  if (v !== 48 && v !== 49) return undefined; // 1.0 or 1.1
+  const code = line.slice(9, 12);
+  if (!/^[1-5]\d\d$/.test(code)) return undefined;
+  if (line.length > 12 && line.charCodeAt(12) !== 32) return undefined;
+  return { status: Number(code), reason: line.slice(13) };
+}
+
+/** A body's framing error: the exchange cannot go on, nor can its connection. */
+export class FramingError extends Error {}
+
+const enum Chunk {
+  Size,
+  Ext,
+  SizeLf,
+  Data,
+  DataCr,
+  DataLf,
+  TrailerStart,
+  TrailerLine,
+  TrailerLf,
+  EndLf,
+}
+
+const MAX_SIZE_DIGITS = 12; // 2^48 bytes: far past any body, well inside a double's integers
+const MAX_EXT_BYTES = 4096;
+const MAX_TRAILER_BYTES = 16 * 1024;
+
+/**
+ * Where a message body ends. `take(buf, from)` says how many bytes from
+ * `from` belong to the body (the rest is the next message), and `done`
+ * turns true at its last byte. Chunked bodies are checked strictly as they
+ * pass (sizes, CRLFs, trailers) and forwarded as they are.
+ */
+export class BodyFrame {
+  done: boolean;
+  private remaining: number;
+  private chunk = Chunk.Size;
+  private digits = 0;
+  private count = 0;
+
+  private constructor(readonly kind: 'none' | 'length' | 'chunked' | 'close', length = 0) {
+    this.remaining = length;
+    this.done = kind === 'none' || (kind === 'length' && length === 0);
+  }
+
+  static none(): BodyFrame {
+    return new BodyFrame('none');
+  }
+  static length(n: number): BodyFrame {
+    return new BodyFrame('length', n);
+  }
+  static chunked(): BodyFrame {
+    return new BodyFrame('chunked');
+  }
+  /** Everything until the sender closes: `end()` marks it done. */
+  static untilClose(): BodyFrame {
+    return new BodyFrame('close');
+  }
+
+  end(): void {
+    if (this.kind === 'close') this.done = true;
+  }
+
+  take(buf: Buffer, from: number): number {
+    if (this.done) return 0;
+    const avail = buf.length - from;
+    if (this.kind === 'close') return avail;
+    if (this.kind === 'length') {
+      const n = avail < this.remaining ? avail : this.remaining;
+      this.remaining -= n;
+      if (this.remaining === 0) this.done = true;
+      return n;
+    }
+    return this.takeChunked(buf, from) - from;
+  }
+
+  /** Walks the chunk framing from `i`; returns the index just past the body's bytes in `buf`. */
+  private takeChunked(buf: Buffer, i: number): number {
+    const n = buf.length;
+    while (i < n && !this.done) {
+      if (this.chunk === Chunk.Data) {
+        const step = n - i < this.remaining ? n - i : this.remaining;
+        i += step;
+        this.remaining -= step;
+        if (this.remaining === 0) this.chunk = Chunk.DataCr;
+        continue;
+      }
+      const c = buf[i++]!;
+      switch (this.chunk) {
+        case Chunk.Size: {
+          const d = hexValue(c);
+          if (d >= 0) {
+            if (++this.digits > MAX_SIZE_DIGITS) throw new FramingError('chunk size too large');
+            this.remaining = this.remaining * 16 + d;
+          } else if (this.digits === 0) throw new FramingError('chunk size expected');
+          else if (c === 0x3b /* ; */) (this.chunk = Chunk.Ext), (this.count = 0);
+          else if (c === 0x0d) this.chunk = Chunk.SizeLf;
+          else throw new FramingError('bad chunk size line');
+          break;
+        }
+        case Chunk.Ext:
+          if (c === 0x0d) this.chunk = Chunk.SizeLf;
+          else if ((c < 0x20 && c !== 0x09) || c === 0x7f || ++this.count > MAX_EXT_BYTES) throw new FramingError('bad chunk extension');
+          break;
+        case Chunk.SizeLf:
+          if (c !== 0x0a) throw new FramingError('CR without LF');
+          this.digits = 0;
+          if (this.remaining === 0) (this.chunk = Chunk.TrailerStart), (this.count = 0);
+          else this.chunk = Chunk.Data;
+          break;
+        case Chunk.DataCr:
+          if (c !== 0x0d) throw new FramingError('chunk longer than its size');
+          this.chunk = Chunk.DataLf;
+          break;
+        case Chunk.DataLf:
+          if (c !== 0x0a) throw new FramingError('CR without LF');
+          this.chunk = Chunk.Size;
+          break;
+        case Chunk.TrailerStart:
+          if (c === 0x0d) this.chunk = Chunk.EndLf;
+          else if (c === 0x0a) throw new FramingError('bare LF');
+          else this.chunk = Chunk.TrailerLine;
+          if (++this.count > MAX_TRAILER_BYTES) throw new FramingError('trailers too large');
+          break;
+        case Chunk.TrailerLine:
+          if (c === 0x0d) this.chunk = Chunk.TrailerLf;
+          else if (c === 0x0a || (c < 0x20 && c !== 0x09) || c === 0x7f) throw new FramingError('bad trailer');
+          if (++this.count > MAX_TRAILER_BYTES) throw new FramingError('trailers too large');
+          break;
+        case Chunk.TrailerLf:
+          if (c !== 0x0a) throw new FramingError('CR without LF');
+          this.chunk = Chunk.TrailerStart;
+          break;
+        case Chunk.EndLf:
+          if (c !== 0x0a) throw new FramingError('CR without LF');
+          this.done = true;
+          break;
+      }
+    }
+    return i;
+  }
+}
+
+function hexValue(c: number): number {
+  if (c >= 0x30 && c <= 0x39) return c - 0x30;
+  if (c >= 0x61 && c <= 0x66) return c - 0x57;
+  if (c >= 0x41 && c <= 0x46) return c - 0x37;
+  return -1;
+}
+
+/** A Content-Length value: digits only, one value (RFC 9110 §8.6); undefined if not. */
+export function contentLength(value: string): number | undefined {
+  if (!/^\d{1,15}$/.test(value)) return undefined;
+  return Number(value);
+}
+
+/** Whether a comma-separated field value lists `token` (case-insensitive), as Connection does. */
+export function listsToken(value: string, token: string): boolean {
+  for (const part of value.split(',')) if (trimSpace(part, 0).toLowerCase() === token) return true;
+  return false;
+}

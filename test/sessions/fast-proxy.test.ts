@@ -1,0 +1,253 @@
+/**
+ * The proxy's fast path (src/proxy/fast.ts) byte by byte: raw client sockets
+ * against kiln, and a scripted server in a real process-runtime sandbox that
+ * answers each path with a chosen framing and echoes the exact bytes it got.
+ */
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { startTestKiln, testConfig, type TestKiln } from '../helpers.js';
+import { readHead, BodyFrame, FramingError } from '../../src/proxy/http1.js';
+
+/** A raw HTTP/1.1 server (stdlib Python): each path is one way of framing a response. */
+const BACKEND = String.raw`
+import socket, threading
+def read_until(c, buf, sep):
+    while sep not in buf:
+        d = c.recv(65536)
+        if not d: return None, buf
+        buf += d
+    i = buf.index(sep) + len(sep)
+    return buf[:i], buf[i:]
+def read_n(c, buf, n):
+    while len(buf) < n:
+        d = c.recv(65536)
+        if not d: return None, buf
+        buf += d
+    return buf[:n], buf[n:]
+def read_chunked(c, buf):
+    raw = b''
+    while True:
+        line, buf = read_until(c, buf, b'\r\n')
+        raw += line
+        size = int(line.split(b';')[0], 16)
+        if size == 0:
+            while True:
+                t, buf = read_until(c, buf, b'\r\n')
+                raw += t
+                if t == b'\r\n': return raw, buf
+        data, buf = read_n(c, buf, size + 2)
+        raw += data
+def serve(c):
+    buf = b''
+    while True:
+        head, buf = read_until(c, buf, b'\r\n\r\n')
+        if head is None: return c.close()
+        lines = head.decode('latin1').split('\r\n')
+        method, path, _ = lines[0].split(' ')
+        fields = {l.split(':', 1)[0].lower(): l.split(':', 1)[1].strip() for l in lines[1:] if ':' in l}
+        if path == '/continue':
+            c.sendall(b'HTTP/1.1 100 Continue\r\n\r\n')
+        body = b''
+        if fields.get('transfer-encoding') == 'chunked': body, buf = read_chunked(c, buf)
+        elif 'content-length' in fields: body, buf = read_n(c, buf, int(fields['content-length']))
+        got = head + body
+        if path == '/close-delimited':
+            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end')
+            return c.close()
+        if path == '/chunked':
+            c.sendall(b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n')
+            continue
+        if path == '/no-content':
+            c.sendall(b'HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n')
+            continue
+        if method == 'HEAD':
+            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n')
+            continue
+        if path == '/hop':
+            c.sendall(b'HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=9\r\nReferrer-Policy: no-referrer\r\nContent-Length: 2\r\n\r\nok')
+            continue
+        if path == '/bad':
+            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok')
+            continue
+        c.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n' % len(got) + got)
+        if path == '/then-close':
+            return c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', 8080))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+`;
+
+let t: TestKiln;
+let port: number;
+
+/** Send `bytes` on a new connection and read until the server closes it (or `until` matches). */
+function exchange(bytes: string | Buffer[], until?: RegExp, timeoutMs = 10_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1');
+    let got = '';
+    const timer = setTimeout(() => (s.destroy(), reject(new Error(`no close within ${timeoutMs} ms; got ${JSON.stringify(got)}`))), timeoutMs);
+    s.on('data', (d) => {
+      got += d.toString('latin1');
+      if (until?.test(got)) (clearTimeout(timer), s.destroy(), resolve(got));
+    });
+    s.on('close', () => (clearTimeout(timer), resolve(got)));
+    s.on('error', reject);
+    if (typeof bytes === 'string') s.write(bytes, 'latin1');
+    else
+      void (async () => {
+        for (const b of bytes) {
+          s.write(b);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      })();
+  });
+}
+
+/** Bodies of the responses in `raw`, in order (Content-Length framed only). */
+function bodies(raw: string): string[] {
+  const out: string[] = [];
+  let rest = Buffer.from(raw, 'latin1');
+  while (rest.length) {
+    const head = readHead(rest);
+    if (typeof head !== 'object') break;
+    const i = head.fields.findIndex((f, k) => k % 2 === 0 && f.toLowerCase() === 'content-length');
+    const len = i < 0 ? 0 : Number(head.fields[i + 1]);
+    out.push(rest.subarray(head.length, head.length + len).toString('latin1'));
+    rest = rest.subarray(head.length + len);
+  }
+  return out;
+}
+
+describe('proxy fast path', () => {
+  let token = '';
+  let prefix = '';
+  before(async () => {
+    const c = testConfig({ budget: { cpuTotal: 64, memoryTotalMb: 64 * 1024 } });
+    c.templates['raw'] = { runtime: 'process', command: ['python3', '-c', BACKEND], port: 8080, ready: { tcp: true }, idleTimeoutS: 600, maxDurationS: 3600, pool: { min: 0, max: 4 }, limits: { cpus: 0.5, memoryMb: 128, pids: 64 } };
+    t = await startTestKiln(c);
+    port = Number(new URL(await t.app.listen({ port: 0, host: '127.0.0.1' })).port);
+    const res = await fetch(`http://127.0.0.1:${port}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ template: 'raw' }) });
+    const s = (await res.json()) as { id: string; token: string };
+    token = s.token;
+    prefix = `/s/${token}`;
+    for (let i = 0; i < 200 && t.kiln.sessions.byIdLookup(s.id)?.status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(t.kiln.sessions.byIdLookup(s.id)?.status, 'ready');
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  test('the server gets a rewritten head: its own path, X-Forwarded-*, no hop-by-hop fields; the body as sent', async () => {
+    const raw = await exchange(
+      `POST ${prefix}/echo?q=1 HTTP/1.1\r\nHost: example.test:8080\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Host: evil\r\nProxy-Authorization: Basic x\r\nX-Value:  spaced  \r\nContent-Length: 5\r\n\r\nhello` +
+        `GET ${prefix}/second HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n`,
+    );
+    const [first, second] = bodies(raw);
+    assert.ok(first, raw);
+    const lines = first.split('\r\n');
+    assert.equal(lines[0], 'POST /echo?q=1 HTTP/1.1');
+    assert.ok(lines.includes('Host: example.test:8080'));
+    assert.ok(lines.includes('X-Forwarded-For: 10.0.0.1, 127.0.0.1'), first);
+    assert.ok(lines.includes('X-Forwarded-Host: example.test:8080'));
+    assert.ok(lines.includes('X-Forwarded-Proto: http'));
+    assert.ok(lines.includes(`X-Forwarded-Prefix: ${prefix}`));
+    assert.ok(lines.includes('X-Value: spaced'));
+    assert.ok(first.endsWith('\r\n\r\nhello'));
+    for (const hop of [/^connection:/im, /^keep-alive:/im, /^proxy-authorization:/im, /evil/]) assert.doesNotMatch(first, hop);
+    assert.match(second!, /^GET \/second HTTP\/1\.1\r\n/, 'a pipelined request follows the first, in order');
+    assert.match(raw, /Referrer-Policy: same-origin/);
+    assert.equal((raw.match(/HTTP\/1\.1 200 OK\r\n/g) ?? []).length, 2, raw);
+  });
+
+  test('a chunked request body passes as sent; a body split over many writes arrives whole', async () => {
+    const raw = await exchange([
+      Buffer.from(`POST ${prefix}/echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\r\nab`),
+      Buffer.from('cd\r\n3;x=y\r\nefg\r\n0\r\nX-T: 1\r\n\r\n'),
+    ]);
+    assert.ok(bodies(raw)[0]!.endsWith('\r\n\r\n4\r\nabcd\r\n3;x=y\r\nefg\r\n0\r\nX-T: 1\r\n\r\n'), raw);
+  });
+
+  test('response framings: chunked with trailers, close-delimited, 204, HEAD, 100-continue; hop-by-hop fields dropped', async () => {
+    const chunked = await exchange(`GET ${prefix}/chunked HTTP/1.1\r\nHost: h\r\n\r\n`, /X-Sum: 11\r\n\r\n$/);
+    assert.match(chunked, /Transfer-Encoding: chunked\r\n/);
+    assert.ok(chunked.endsWith('\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n'), chunked);
+    const closeDelimited = await exchange(`GET ${prefix}/close-delimited HTTP/1.1\r\nHost: h\r\n\r\n`);
+    assert.match(closeDelimited, /^HTTP\/1\.1 200 OK\r\n[^]*Connection: close\r\n\r\nuntil the end$/, 'the body ends with the connection, which kiln then closes');
+    const twoThings = await exchange(`GET ${prefix}/no-content HTTP/1.1\r\nHost: h\r\n\r\nHEAD ${prefix}/x HTTP/1.1\r\nHost: h\r\n\r\nGET ${prefix}/third HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n`);
+    assert.match(twoThings, /^HTTP\/1\.1 204 No Content\r\nX-A: 1\r\n/);
+    assert.match(twoThings, /HTTP\/1\.1 200 OK\r\nContent-Length: 5\r\nReferrer-Policy: same-origin\r\n\r\nHTTP\/1\.1 200 OK/, 'HEAD: no body after the head');
+    assert.match(twoThings, /GET \/third HTTP\/1\.1/);
+    const cont = await exchange(`POST ${prefix}/continue HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc`);
+    assert.match(cont, /^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 200 OK\r\n/);
+    assert.ok(cont.endsWith('abc'));
+    const hop = await exchange(`GET ${prefix}/hop HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n`);
+    assert.doesNotMatch(hop, /keep-alive|Keep-Alive: timeout=9|X-Private/);
+    assert.match(hop, /Referrer-Policy: no-referrer\r\n/, "the app's own policy stands");
+    assert.doesNotMatch(hop, /same-origin/);
+  });
+
+  test('a server that closes a kept connection: the next request goes on a new one', async () => {
+    const raw = await exchange(`GET ${prefix}/then-close HTTP/1.1\r\nHost: h\r\n\r\n`, /then-close HTTP\/1\.1[^]*\r\n\r\n$/);
+    assert.match(raw, /^HTTP\/1\.1 200/);
+    const s = net.connect(port, '127.0.0.1');
+    const got: string[] = [];
+    s.on('data', (d) => got.push(d.toString('latin1')));
+    s.write(`GET ${prefix}/then-close HTTP/1.1\r\nHost: h\r\n\r\n`);
+    await new Promise((r) => setTimeout(r, 300)); // the server closes its side after answering
+    s.write(`GET ${prefix}/again HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n`);
+    await new Promise((r) => s.on('close', r));
+    const all = got.join('');
+    assert.equal((all.match(/^HTTP\/1\.1 200/gm) ?? []).length, 2, all);
+    assert.match(all, /GET \/again HTTP\/1\.1/);
+  });
+
+  test("what the fast path does not take goes to node's server on the same connection", async () => {
+    // The API after a proxied request, then a proxied request again (node keeps the connection).
+    const raw = await exchange(`GET ${prefix}/one HTTP/1.1\r\nHost: h\r\n\r\nGET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET ${prefix}/three HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n`);
+    assert.match(raw, /GET \/one HTTP\/1\.1/);
+    assert.match(raw, /\{"ok":true\}/);
+    assert.match(raw, /GET \/three HTTP\/1\.1/);
+    // HTTP/1.0, an unknown token, a bad request line, smuggling-shaped framing: node answers.
+    assert.match(await exchange(`GET ${prefix}/old HTTP/1.0\r\nHost: h\r\n\r\n`), /^HTTP\/1\.1 200[^]*GET \/old HTTP\/1\.1/);
+    assert.match(await exchange(`GET /s/${'A'.repeat(22)}/ HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n`), /^HTTP\/1\.1 404/);
+    assert.match(await exchange(`POST ${prefix}/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`), /^HTTP\/1\.1 400/);
+    assert.match(await exchange(`GET ${prefix}/x HTTP/1.1\r\nHost: h\r\nBad Name: x\r\n\r\n`), /^HTTP\/1\.1 400/);
+    assert.match(await exchange(`GET ${prefix}/x HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n`), /^HTTP\/1\.1 400/);
+    assert.match(await exchange(`GET ${prefix}/x HTTP/1.1\r\nHost: h\r\nX: ${'a'.repeat(20000)}\r\n\r\n`), /^HTTP\/1\.1 431/);
+  });
+
+  test('bad chunked framing from the client is a 400; a server breaking its framing is a 502', async () => {
+    assert.match(await exchange(`POST ${prefix}/echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n`), /^HTTP\/1\.1 400/);
+    assert.match(await exchange(`POST ${prefix}/echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n`), /^HTTP\/1\.1 400/);
+    assert.match(await exchange(`GET ${prefix}/bad HTTP/1.1\r\nHost: h\r\n\r\n`), /^HTTP\/1\.1 502/);
+    // The session keeps working.
+    assert.match(await exchange(`GET ${prefix}/fine HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n`), /^HTTP\/1\.1 200/);
+  });
+
+  test('requests in flight count as activity and end with their exchange', async () => {
+    const before = t.kiln.proxy.stats.requests;
+    await exchange(`GET ${prefix}/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n`);
+    assert.equal(t.kiln.proxy.stats.requests, before + 1);
+    assert.equal(t.kiln.proxy.stats.openSockets, 0);
+  });
+});
+
+test('chunked framing is checked strictly as it passes', () => {
+  const take = (s: string) => {
+    const f = BodyFrame.chunked();
+    const n = f.take(Buffer.from(s), 0);
+    return { n, done: f.done };
+  };
+  assert.deepEqual(take('3\r\nabc\r\n0\r\n\r\nNEXT'), { n: 13, done: true });
+  assert.deepEqual(take('A\r\n0123456789\r\n0\r\nT: 1\r\n\r\n'), { n: 26, done: true });
+  assert.deepEqual(take('3\r\nab'), { n: 5, done: false });
+  for (const bad of ['\r\n', 'g\r\n', '3\nabc', '3\r\nabcd\r\n', '0\r\nT\n\r\n', `${'f'.repeat(13)}\r\n`, '3 ;x\r\n']) assert.throws(() => take(bad), FramingError, JSON.stringify(bad));
+  const byLength = BodyFrame.length(4);
+  assert.equal(byLength.take(Buffer.from('abcdef'), 1), 4);
+  assert.equal(byLength.done, true);
+});
