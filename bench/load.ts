@@ -3,7 +3,9 @@
  * an event loop with its client (nginx does not either). Reads a JSON target
  * from argv (a TCP host and port, a unix socket, or a port in a sandbox's
  * network namespace): `connections` keep-alive loops of GET for `warmupS` (not counted)
- * then `seconds`; prints `{count, seconds, lat, total, clientCpuMs}` as JSON
+ * then `seconds`, each as fast as answers come or, with `rate`, paced: request k
+ * is due at k / rate s (spread over the connections) and its latency counts
+ * from when it was due, so a stall is not hidden by the requests it delays; prints `{count, seconds, lat, total, clientCpuMs}` as JSON
  * (`total` counts warm-up requests too, as the CPU readings do). Any
  * answer but 200 fails the run (exit 1).
  */
@@ -20,6 +22,8 @@ interface Target {
   seconds: number;
   warmupS?: number;
   connections: number;
+  /** Requests per second over all connections (paced); omitted: closed loop. */
+  rate?: number;
 }
 
 const t = JSON.parse(process.argv[2]!) as Target;
@@ -43,9 +47,16 @@ const get = () =>
       .on('error', reject);
   });
 
-const loop = async () => {
-  for (;;) {
-    const t0 = performance.now();
+const start = performance.now();
+const loop = async (conn: number) => {
+  const every = t.rate ? (t.connections * 1000) / t.rate : 0;
+  for (let k = 0; ; k++) {
+    let t0 = performance.now();
+    if (every) {
+      const due = start + (conn * 1000) / t.rate! + k * every;
+      if (due > t0) await new Promise((r) => setTimeout(r, due - t0));
+      t0 = due;
+    }
     if (t0 >= end) return;
     await get();
     total++;
@@ -57,7 +68,7 @@ const loop = async () => {
 
 const cpu0 = process.cpuUsage();
 try {
-  await Promise.all(Array.from({ length: t.connections }, loop));
+  await Promise.all(Array.from({ length: t.connections }, (_, i) => loop(i)));
 } catch (e) {
   process.stderr.write(`load: ${(e as Error).message}\n`);
   process.exit(1);

@@ -87,4 +87,6 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
 
 
+# socketserver's listen backlog is 5: a page opening many connections at once would see SYNs dropped and retried a second later.
+ThreadingHTTPServer.request_queue_size = 128
 ThreadingHTTPServer(('127.0.0.1', int(os.environ.get('KILN_PORT', '8080'))), Handler).serve_forever()
