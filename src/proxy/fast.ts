@@ -29,6 +29,8 @@ export interface FastRoute {
   /** Called when the exchange starts and when it ends (activity; open sockets). */
   begin(): void;
   end(): void;
+  /** Whether the session can still be reached (it may have ended mid-exchange). */
+  open(): boolean;
 }
 
 export interface FastRouter {
@@ -445,7 +447,7 @@ class ClientConnection {
     const x = this.exchange;
     if (!x || x.backend !== h) return;
     // A kept connection the server had closed while it was idle: once more on a new one, if nothing was lost.
-    if (x.reused && !x.answered && x.pending === undefined && x.requestBody.kind === 'none') {
+    if (x.reused && !x.answered && x.pending === undefined && x.requestBody.kind === 'none' && x.route.open()) {
       const { socket } = takeBackend(x.route.link);
       x.backend = this.held = this.listen(x.route.link, socket, true);
       x.reused = false;

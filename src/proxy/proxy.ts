@@ -164,9 +164,10 @@ export class SessionProxy implements FastRouter {
     const keep = this.config.templates[session.template]?.basePath === 'keep';
     if (byToken && !keep && method === 'GET' && navigate) return undefined; // see moveBrowser
     const live = session;
+    const link = session.warm.link;
     const stats = this.stats;
     return {
-      link: live.warm!.link,
+      link,
       path: keep ? target : target.slice(end),
       prefix: `${PREFIX}${key}`,
       begin() {
@@ -180,6 +181,7 @@ export class SessionProxy implements FastRouter {
         stats.openSockets--;
         live.touch();
       },
+      open: () => live.status === 'ready' && live.warm?.link === link,
     };
   }
 
