@@ -5,7 +5,7 @@
  */
 import type { PortLink } from '../runtimes/types.js';
 import { giveBackend, takeBackend } from './backends.js';
-import { BodyFrame, contentLength, listsToken, readHead, statusLine } from './http1.js';
+import { type BodyFrame, contentLength, listsToken, readHead, responseBody, statusLine } from './http1.js';
 
 /** The status the server answers `GET path` with, or undefined if it does not answer in time or makes no sense. */
 export function getStatus(link: PortLink, path: string, timeoutMs: number): Promise<number | undefined> {
@@ -39,15 +39,15 @@ export function getStatus(link: PortLink, path: string, timeoutMs: number): Prom
           }
           status = sl.status;
           let length: number | undefined;
-          let chunked = false;
+          let coding: string | undefined;
           for (let i = 0; i < head.fields.length; i += 2) {
             const name = head.fields[i]!.toLowerCase();
             const value = head.fields[i + 1]!;
             if (name === 'content-length') length = contentLength(value);
-            else if (name === 'transfer-encoding') chunked = /chunked\s*$/i.test(value);
+            else if (name === 'transfer-encoding') coding = coding === undefined ? value : `${coding}, ${value}`;
             else if (name === 'connection' && listsToken(value, 'close')) reusable = false;
           }
-          body = status === 204 || status === 304 ? BodyFrame.none() : chunked ? BodyFrame.chunked() : length !== undefined ? BodyFrame.length(length) : BodyFrame.untilClose();
+          body = responseBody(status, false, length, coding);
           chunk = buf;
           from = head.length;
           pending = undefined;

@@ -15,7 +15,7 @@
  * (pipelining) wait, unread, until the response before them is done.
  */
 import type net from 'node:net';
-import { BodyFrame, FramingError, contentLength, listsToken, readHead, requestLine, statusLine, type Head } from './http1.js';
+import { BodyFrame, FramingError, HOP_BY_HOP, SET_BY_PROXY, contentLength, listsToken, readHead, requestLine, responseBody, statusLine, type Head } from './http1.js';
 import { giveBackend, takeBackend } from './backends.js';
 import type { PortLink } from '../runtimes/types.js';
 
@@ -38,10 +38,10 @@ export interface FastRouter {
   route(method: string, target: string, cookie: string | undefined, navigate: boolean): FastRoute | undefined;
 }
 
-/** Request fields the backend does not get: hop-by-hop ones, and those kiln sets itself. */
-const DROP_REQUEST = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-prefix']);
+/** Request fields the backend does not get: hop-by-hop ones (but Transfer-Encoding: the body's framing passes through as it is), and those kiln sets itself. */
+const DROP_REQUEST = new Set([...HOP_BY_HOP, ...SET_BY_PROXY].filter((f) => f !== 'transfer-encoding'));
 /** Response fields the client does not get. Transfer-Encoding and Trailer stay: the body's framing passes through as it is. */
-const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'upgrade', 'proxy-authenticate']);
+const DROP_RESPONSE = new Set([...HOP_BY_HOP].filter((f) => f !== 'transfer-encoding' && f !== 'trailer'));
 
 const BAD_GATEWAY = (() => {
   const body = 'The session’s server did not answer.\n';
@@ -121,10 +121,6 @@ export class FastPath {
     this.closing = true;
     clearInterval(this.sweeper);
     for (const c of this.connections) c.closeWhenIdle();
-  }
-
-  get size(): number {
-    return this.connections.size;
   }
 }
 
@@ -368,15 +364,9 @@ class ClientConnection {
         out += `${name}: ${value}\r\n`;
       }
       if (!interim) {
-        const noBody = x.isHead || sl.status === 204 || sl.status === 304;
-        if (noBody) framing = BodyFrame.none();
-        else if (coding !== undefined) {
-          // Chunked last: its framing passes through. Any other last coding: the body ends with the connection.
-          framing = /(^|,)\s*chunked\s*$/i.test(coding) ? BodyFrame.chunked() : BodyFrame.untilClose();
-          // With Transfer-Encoding, Content-Length is wrong by definition (RFC 9112 §6.3): not passed on.
-          if (length !== undefined) out = out.replace(/^content-length:.*\r\n/gim, '');
-        } else if (length !== undefined) framing = BodyFrame.length(length);
-        else framing = BodyFrame.untilClose();
+        framing = responseBody(sl.status, x.isHead, length, coding);
+        // With Transfer-Encoding, Content-Length is wrong by definition (RFC 9112 §6.3): not passed on.
+        if (coding !== undefined && length !== undefined) out = out.replace(/^content-length:.*\r\n/gim, '');
         if (framing.kind === 'close') x.spent = this.closeAfter = true;
         // A page at a token URL must not hand the token to other sites in Referer.
         if (!referrerPolicy) out += 'Referrer-Policy: same-origin\r\n';

@@ -13,6 +13,11 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** Control characters other than HTAB may not appear in a field value (CR and LF included). */
 const CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
 
+/** Hop-by-hop fields are for one connection only (RFC 9110 §7.6.1). */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate']);
+/** Set by the proxy itself; what a client sent under these names is not passed on (x-forwarded-for is extended). */
+export const SET_BY_PROXY: ReadonlySet<string> = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-prefix']);
+
 export interface Head {
   /** The request line or status line. */
   line: string;
@@ -232,6 +237,18 @@ function hexValue(c: number): number {
   if (c >= 0x61 && c <= 0x66) return c - 0x57;
   if (c >= 0x41 && c <= 0x46) return c - 0x37;
   return -1;
+}
+
+/**
+ * Where a response's body ends (RFC 9112 §6.3), from its status, whether it
+ * answers a HEAD, its Content-Length (undefined: none or not a number) and
+ * its Transfer-Encoding values joined (undefined: none).
+ */
+export function responseBody(status: number, isHead: boolean, length: number | undefined, coding: string | undefined): BodyFrame {
+  if (isHead || status === 204 || status === 304) return BodyFrame.none();
+  // Chunked last: its framing says where the body ends. Any other last coding: the body ends with the connection.
+  if (coding !== undefined) return /(^|,)\s*chunked\s*$/i.test(coding) ? BodyFrame.chunked() : BodyFrame.untilClose();
+  return length !== undefined ? BodyFrame.length(length) : BodyFrame.untilClose();
 }
 
 /** A Content-Length value: digits only, one value (RFC 9110 §8.6); undefined if not. */

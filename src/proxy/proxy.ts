@@ -16,6 +16,7 @@ import tls from 'node:tls';
 import { timingSafeEqual } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { FastPath, type FastRoute, type FastRouter } from './fast.js';
+import { HOP_BY_HOP, SET_BY_PROXY } from './http1.js';
 import type { SessionService, LiveSession } from '../sessions/service.js';
 import type { KilnConfig } from '../config/schema.js';
 import { pageHtml } from './pages.js';
@@ -48,10 +49,6 @@ function cookieValue(header: string | undefined, name: string): string | undefin
 
 const sameSecret = (a: string, b: string) => a.length === b.length && timingSafeEqual(Buffer.from(a), Buffer.from(b));
 
-/** Hop-by-hop headers are for one connection only (RFC 9110 §7.6.1). */
-const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate']);
-/** Set by the proxy itself; what a client sent under these names is not passed on (x-forwarded-for is extended). */
-const OWN = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-prefix']);
 
 /**
  * The request headers the backend gets, as a flat name/value list built
@@ -67,8 +64,8 @@ export function forwardHeaders(rawHeaders: string[], client: string, encrypted: 
     const name = rawHeaders[i]!;
     const value = rawHeaders[i + 1]!;
     const lower = name.toLowerCase();
-    if (HOP.has(lower)) continue;
-    if (OWN.has(lower)) {
+    if (HOP_BY_HOP.has(lower)) continue;
+    if (SET_BY_PROXY.has(lower)) {
       if (lower === 'x-forwarded-for') prior = prior === undefined ? value : `${prior}, ${value}`;
       continue;
     }
@@ -103,7 +100,7 @@ export function responseHeaders(rawHeaders: string[]): string[] {
   let referrerPolicy = false;
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const lower = rawHeaders[i]!.toLowerCase();
-    if (HOP.has(lower)) continue;
+    if (HOP_BY_HOP.has(lower)) continue;
     if (lower === 'referrer-policy') referrerPolicy = true;
     out.push(rawHeaders[i]!, rawHeaders[i + 1]!);
   }
@@ -153,22 +150,16 @@ export class SessionProxy implements FastRouter {
     const end = target.indexOf('/', PREFIX.length);
     if (end < 0) return undefined;
     const key = target.slice(PREFIX.length, end);
-    let session = this.sessions.byTokenLookup(key);
-    const byToken = session !== undefined;
-    if (!session) {
-      const byId = this.sessions.byIdLookup(key);
-      const secret = cookieValue(cookie, SESSION_COOKIE);
-      if (byId && secret !== undefined && sameSecret(secret, byId.token)) session = byId;
-    }
+    const session = this.lookup(key, cookie);
     if (!session || session.status !== 'ready' || !session.warm) return undefined;
     const keep = this.config.templates[session.template]?.basePath === 'keep';
-    if (byToken && !keep && method === 'GET' && navigate) return undefined; // see moveBrowser
+    if (key === session.token && !keep && method === 'GET' && navigate) return undefined; // see moveBrowser
     const live = session;
     const link = session.warm.link;
     const stats = this.stats;
     return {
       link,
-      path: keep ? target : target.slice(end),
+      path: this.backendPath(session, target),
       prefix: `${PREFIX}${key}`,
       begin() {
         live.touch();
@@ -208,7 +199,7 @@ export class SessionProxy implements FastRouter {
   /** Every other case: unknown token, a missing slash, a starting or ended session (answered here, or waited for). */
   private async session(req: IncomingMessage, res: ServerResponse | undefined): Promise<LiveSession | undefined> {
     const r = this.split(req.url ?? '');
-    const session = r ? this.lookup(r.token, req) : undefined;
+    const session = r ? this.lookup(r.token, req.headers.cookie) : undefined;
     if (!r || !session) {
       res && send(res, 404, 'No such session', 'This link does not lead to a session. Ask for a new one.');
       return undefined;
@@ -233,11 +224,11 @@ export class SessionProxy implements FastRouter {
   }
 
   /** By token in the path; or by session id in the path with the token in the session's cookie. Unknown either way: 404. */
-  private lookup(key: string, req: IncomingMessage): LiveSession | undefined {
+  private lookup(key: string, cookieHeader: string | undefined): LiveSession | undefined {
     const byToken = this.sessions.byTokenLookup(key);
     if (byToken) return byToken;
     const byId = this.sessions.byIdLookup(key);
-    const cookie = cookieValue(req.headers.cookie, SESSION_COOKIE);
+    const cookie = cookieValue(cookieHeader, SESSION_COOKIE);
     return byId && cookie !== undefined && sameSecret(cookie, byId.token) ? byId : undefined;
   }
 
