@@ -61,7 +61,7 @@ interface Exchange {
   /** Bytes of the response seen so far (before its head is complete). */
   pending: Buffer | undefined;
   responseBody: BodyFrame | undefined;
-  /** Some of the response reached the client. */
+  /** Some of the response was written to the client. */
   answered: boolean;
   /** The response head, until it is written with the first bytes of the body after it. */
   responseHead?: string;
@@ -374,13 +374,12 @@ class ClientConnection {
       }
       out += '\r\n';
       from += head.length;
-      x.answered = true;
       if (interim) {
+        x.answered = true;
         this.socket.write(out, 'latin1');
         continue;
       }
       x.responseBody = framing;
-      // The head goes out with the body's first bytes when they came with it: one write.
       x.responseHead = out;
       return this.forwardResponse(x, buf, from);
     }
@@ -391,12 +390,18 @@ class ClientConnection {
     try {
       n = x.responseBody!.take(chunk, from);
     } catch {
-      return this.fail(x, undefined);
+      return this.fail(x, BAD_GATEWAY); // a 502 if the head was held, else the connection is cut
     }
     let ok = true;
     const head = x.responseHead;
     if (head !== undefined) {
+      // A body of known length: its head waits for its first bytes, and both go out in one write (servers
+      // often send them apart; two writes wake the client twice). Not a chunked or close-delimited body,
+      // which may be a stream whose first bytes come much later (server-sent events), nor while the
+      // request's body is still coming (the server may answer before it has it all).
+      if (n === 0 && !x.responseBody!.done && x.responseBody!.kind === 'length' && x.requestBody.done) return;
       x.responseHead = undefined;
+      x.answered = true;
       if (n === 0) ok = this.socket.write(head, 'latin1');
       else {
         const headBytes = Buffer.byteLength(head, 'latin1');
@@ -437,7 +442,7 @@ class ClientConnection {
     const x = this.exchange;
     if (!x || x.backend !== h) return;
     // A kept connection the server had closed while it was idle: once more on a new one, if nothing was lost.
-    if (x.reused && !x.answered && x.pending === undefined && x.requestBody.kind === 'none' && x.route.open()) {
+    if (x.reused && x.responseBody === undefined && !x.answered && x.pending === undefined && x.requestBody.kind === 'none' && x.route.open()) {
       const { socket } = takeBackend(x.route.link);
       x.backend = this.held = this.listen(x.route.link, socket, true);
       x.reused = false;

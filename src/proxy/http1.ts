@@ -10,8 +10,13 @@
 export const MAX_HEAD_BYTES = 16 * 1024;
 const END_OF_HEAD = Buffer.from('\r\n\r\n');
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-/** Control characters other than HTAB may not appear in a field value (CR and LF included). */
-const CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
+/** Bytes of a token (RFC 9110 §5.6.2 tchar): a field name is made of these. */
+const TCHAR = new Uint8Array(256);
+for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") TCHAR[c.charCodeAt(0)] = 1;
+/** Control bytes other than HTAB (CR and LF included): not allowed in a start line or a field value. */
+const CTL = new Uint8Array(256);
+for (let c = 0; c < 0x20; c++) if (c !== 0x09) CTL[c] = 1;
+CTL[0x7f] = 1;
 
 /** Hop-by-hop fields are for one connection only (RFC 9110 §7.6.1). */
 export const HOP_BY_HOP: ReadonlySet<string> = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate']);
@@ -35,23 +40,39 @@ export function readHead(buf: Buffer, max = MAX_HEAD_BYTES): Head | 'more' | 'in
   const end = buf.indexOf(END_OF_HEAD);
   if (end < 0) return buf.length > max ? 'invalid' : 'more';
   if (end + 4 > max) return 'invalid';
-  // latin1: one character per byte, so values with bytes over 0x7f go back out unchanged.
-  const lines = buf.toString('latin1', 0, end).split('\r\n');
+  // One pass over the bytes (this runs twice per proxied request); strings are cut from one latin1
+  // copy of the head (one character per byte, so values with bytes over 0x7f go back out unchanged).
+  const text = buf.toString('latin1', 0, end);
+  let i = 0;
+  while (i < end && buf[i] !== 0x0d) if (CTL[buf[i++]!]) return 'invalid';
+  if (i === 0) return 'invalid';
+  const line = text.slice(0, i);
   const fields: string[] = [];
-  for (let i = 1; i < lines.length; i++) {
-    const line = lines[i]!;
-    const colon = line.indexOf(':');
-    // No colon, or a folded line (obsolete, RFC 9112 §5.2): not ours to guess.
-    if (colon <= 0) return 'invalid';
-    const name = line.slice(0, colon);
-    if (!TOKEN.test(name)) return 'invalid';
-    const value = trimSpace(line, colon + 1);
-    if (CTL.test(value)) return 'invalid';
-    fields.push(name, value);
+  // At the CR that ends a line; the head's last line ends at `end`.
+  while (i < end) {
+    if (buf[i + 1] !== 0x0a) return 'invalid';
+    i += 2;
+    const nameStart = i;
+    while (TCHAR[buf[i]!]) i++;
+    // No colon right after a name (a folded line, obsolete, RFC 9112 §5.2, or a space before it): not ours to guess.
+    if (i === nameStart || i >= end || buf[i] !== 0x3a) return 'invalid';
+    const name = text.slice(nameStart, i);
+    i++;
+    while (i < end && (buf[i] === 0x20 || buf[i] === 0x09)) i++;
+    // The value without surrounding spaces and tabs (only those: RFC 9110's OWS).
+    const valueStart = i;
+    let valueEnd = i;
+    for (; i < end; i++) {
+      const c = buf[i]!;
+      if (c === 0x0d) break;
+      if (c !== 0x20 && c !== 0x09) {
+        if (CTL[c]) return 'invalid';
+        valueEnd = i + 1;
+      }
+    }
+    fields.push(name, text.slice(valueStart, valueEnd));
   }
-  const first = lines[0]!;
-  if (first.length === 0 || CTL.test(first)) return 'invalid';
-  return { line: first, fields, length: end + 4 };
+  return { line, fields, length: end + 4 };
 }
 
 /** `s` from `from` without leading and trailing spaces and tabs (only those: RFC 9110's OWS). */
@@ -259,6 +280,7 @@ export function contentLength(value: string): number | undefined {
 
 /** Whether a comma-separated field value lists `token` (case-insensitive), as Connection does. */
 export function listsToken(value: string, token: string): boolean {
+  if (!value.includes(',')) return trimSpace(value, 0).toLowerCase() === token; // most values are one token
   for (const part of value.split(',')) if (trimSpace(part, 0).toLowerCase() === token) return true;
   return false;
 }

@@ -21,6 +21,7 @@ import type { SessionService, LiveSession } from '../sessions/service.js';
 import type { KilnConfig } from '../config/schema.js';
 import { pageHtml } from './pages.js';
 import { backendAgent, dropAllBackends } from './backends.js';
+import type { PortLink } from '../runtimes/types.js';
 import { SECURE_PAGE_HEADERS } from '../api/protect.js';
 
 export const PREFIX = '/s/';
@@ -114,6 +115,37 @@ export interface ProxyStats {
   openSockets: number;
 }
 
+/** A fast-path exchange's view of its session: activity, open sockets, whether it is still there. */
+class SessionRoute implements FastRoute {
+  readonly link: PortLink;
+
+  constructor(
+    private readonly session: LiveSession,
+    readonly path: string,
+    readonly prefix: string,
+    private readonly stats: ProxyStats,
+  ) {
+    this.link = session.warm!.link;
+  }
+
+  begin(): void {
+    this.session.touch();
+    this.session.openSockets++;
+    this.stats.requests++;
+    this.stats.openSockets++;
+  }
+
+  end(): void {
+    this.session.openSockets--;
+    this.stats.openSockets--;
+    this.session.touch();
+  }
+
+  open(): boolean {
+    return this.session.status === 'ready' && this.session.warm?.link === this.link;
+  }
+}
+
 export class SessionProxy implements FastRouter {
   readonly stats: ProxyStats = { requests: 0, openSockets: 0 };
   private readonly fastPaths: FastPath[] = [];
@@ -154,26 +186,7 @@ export class SessionProxy implements FastRouter {
     if (!session || session.status !== 'ready' || !session.warm) return undefined;
     const keep = this.config.templates[session.template]?.basePath === 'keep';
     if (key === session.token && !keep && method === 'GET' && navigate) return undefined; // see moveBrowser
-    const live = session;
-    const link = session.warm.link;
-    const stats = this.stats;
-    return {
-      link,
-      path: this.backendPath(session, target),
-      prefix: `${PREFIX}${key}`,
-      begin() {
-        live.touch();
-        live.openSockets++;
-        stats.requests++;
-        stats.openSockets++;
-      },
-      end() {
-        live.openSockets--;
-        stats.openSockets--;
-        live.touch();
-      },
-      open: () => live.status === 'ready' && live.warm?.link === link,
-    };
+    return new SessionRoute(session, this.backendPath(session, target), `${PREFIX}${key}`, this.stats);
   }
 
   /**

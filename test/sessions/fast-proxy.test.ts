@@ -11,7 +11,7 @@ import { readHead, BodyFrame, FramingError } from '../../src/proxy/http1.js';
 
 /** A raw HTTP/1.1 server (stdlib Python): each path is one way of framing a response. */
 const BACKEND = String.raw`
-import socket, threading
+import socket, threading, time
 def read_until(c, buf, sep):
     while sep not in buf:
         d = c.recv(65536)
@@ -67,6 +67,20 @@ def serve(c):
         if path == '/hop':
             c.sendall(b'HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=9\r\nReferrer-Policy: no-referrer\r\nContent-Length: 2\r\n\r\nok')
             continue
+        if path == '/head-then-body':
+            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n')
+            time.sleep(0.3)
+            c.sendall(b'hello')
+            continue
+        if path == '/head-then-close':
+            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n')
+            time.sleep(0.1)
+            return c.close()
+        if path == '/stream':
+            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n')
+            time.sleep(0.3)
+            c.sendall(b'5\r\nhello\r\n0\r\n\r\n')
+            continue
         if path == '/bad':
             c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok')
             continue
@@ -105,6 +119,19 @@ function exchange(bytes: string | Buffer[], until?: RegExp, timeoutMs = 10_000):
           await new Promise((r) => setTimeout(r, 20));
         }
       })();
+  });
+}
+
+/** The pieces a client reads, as they come, from one request on a new connection (until the server closes it). */
+function pieces(request: string): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1');
+    const got: string[] = [];
+    const timer = setTimeout(() => (s.destroy(), reject(new Error(`no close within 10 s; got ${JSON.stringify(got)}`))), 10_000);
+    s.on('data', (d) => got.push(d.toString('latin1')));
+    s.on('close', () => (clearTimeout(timer), resolve(got)));
+    s.on('error', reject);
+    s.write(request, 'latin1');
   });
 }
 
@@ -189,6 +216,18 @@ describe('proxy fast path', () => {
     assert.doesNotMatch(hop, /keep-alive|Keep-Alive: timeout=9|X-Private/);
     assert.match(hop, /Referrer-Policy: no-referrer\r\n/, "the app's own policy stands");
     assert.doesNotMatch(hop, /same-origin/);
+  });
+
+  test('a head that comes before its body of known length waits for it: one piece; a stream\'s head goes at once', async () => {
+    const held = await pieces(`GET ${prefix}/head-then-body HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n`);
+    assert.equal(held.length, 1, `head and body in one write: ${JSON.stringify(held)}`);
+    assert.match(held[0]!, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nhello$/);
+    // Nothing reached the client when the server broke off: it gets a 502, not a head without a body.
+    assert.match((await pieces(`GET ${prefix}/head-then-close HTTP/1.1\r\nHost: h\r\n\r\n`)).join(''), /^HTTP\/1\.1 502 /);
+    const stream = await pieces(`GET ${prefix}/stream HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n`);
+    assert.ok(stream.length >= 2, JSON.stringify(stream));
+    assert.match(stream[0]!, /^HTTP\/1\.1 200 OK\r\n[^]*Transfer-Encoding: chunked\r\n[^]*\r\n\r\n$/, 'the head alone, before the first chunk');
+    assert.ok(stream.join('').endsWith('\r\n\r\n5\r\nhello\r\n0\r\n\r\n'));
   });
 
   test('a server that closes a kept connection: the next request goes on a new one', async () => {

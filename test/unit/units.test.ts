@@ -13,6 +13,7 @@ import { CappedBuffer } from '../../src/sandbox/output.js';
 import { WorkQueue } from '../../src/runs/queue.js';
 import { KilnError } from '../../src/errors.js';
 import { forwardHeaders, hasBody, responseHeaders } from '../../src/proxy/proxy.js';
+import { readHead } from '../../src/proxy/http1.js';
 import { tableListensOn } from '../../src/runtimes/listening.js';
 import { readyPollDelayMs } from '../../src/pools/warm.js';
 
@@ -194,6 +195,38 @@ test('proxy: response headers keep order and duplicates, less hop-by-hop ones; b
   assert.equal(hasBody(['Host', 'x', 'Content-Length', '0']), true);
   assert.equal(hasBody(['host', 'x', 'transfer-encoding', 'chunked']), true);
   assert.equal(hasBody(['Host', 'x', 'Content-Type', 'text/plain', 'X-Content-Length', '5']), false);
+});
+
+test('proxy: a message head reads back as built; one control byte, a bad name or a bare CR or LF anywhere is refused', () => {
+  const name = fc.stringMatching(/^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,12}$/);
+  // Values: visible ASCII, obs-text (over 0x7f) and inner spaces or tabs; surrounding ones are not part of the value.
+  const value = fc.stringMatching(/^([\x21-\x7e\x80-\xff]([\x20-\x7e\x80-\xff\t]{0,10}[\x21-\x7e\x80-\xff])?)?$/);
+  const ows = fc.stringMatching(/^[ \t]{0,2}$/);
+  const field = fc.tuple(name, ows, value, ows);
+  const build = (line: string, fields: [string, string, string, string][]) => `${line}\r\n${fields.map(([n, a, v, b]) => `${n}:${a}${v}${b}\r\n`).join('')}\r\n`;
+  fc.assert(
+    fc.property(fc.array(field, { maxLength: 10 }), fc.stringMatching(/^[\x21-\x7e]{0,8}$/), (fields, after) => {
+      const text = build('GET /x HTTP/1.1', fields);
+      const head = readHead(Buffer.from(text + after, 'latin1'));
+      assert.deepEqual(head, { line: 'GET /x HTTP/1.1', fields: fields.flatMap(([n, , v]) => [n, v]), length: text.length });
+      // Cut anywhere before the blank line: not all there yet.
+      assert.equal(readHead(Buffer.from(text.slice(0, text.length - 1 - (after.length % 4)), 'latin1')), 'more');
+    }),
+  );
+  const bad = fc.constantFrom('\x00', '\x01', '\x1f', '\x7f', '\r', '\n');
+  fc.assert(
+    fc.property(fc.array(field, { minLength: 1, maxLength: 6 }), fc.nat(), bad, (fields, at, byte) => {
+      const text = build('GET /x HTTP/1.1', fields);
+      const end = text.length - 4; // the head's last CRLF and the blank line stay as they are
+      const i = at % end;
+      // Replacing a line's own CR or LF with another control byte breaks it too; replacing one with itself does not.
+      if (text[i] === byte) return;
+      assert.equal(readHead(Buffer.from(text.slice(0, i) + byte + text.slice(i + 1), 'latin1')), 'invalid', JSON.stringify(text.slice(0, i) + byte + text.slice(i + 1)));
+    }),
+  );
+  for (const head of ['\r\n\r\n', 'GET / HTTP/1.1\r\n folded: x\r\n\r\n', 'GET / HTTP/1.1\r\nName : x\r\n\r\n', 'GET / HTTP/1.1\r\n: x\r\n\r\n', 'GET / HTTP/1.1\r\nNo-colon\r\n\r\n', 'GET / HTTP/1.1\r\nNa\xe9me: x\r\n\r\n'])
+    assert.equal(readHead(Buffer.from(head, 'latin1')), 'invalid', JSON.stringify(head));
+  assert.equal(readHead(Buffer.from(`GET / HTTP/1.1\r\nX: ${'a'.repeat(17000)}\r\n\r\n`)), 'invalid', 'longer than node allows');
 });
 
 test('listening: only a LISTEN socket on the port, at an address the bridge reaches', () => {
