@@ -55,7 +55,8 @@ const loop = async (conn: number) => {
     if (every) {
       const due = start + (conn * 1000) / t.rate! + k * every;
       if (due > t0) await new Promise((r) => setTimeout(r, due - t0));
-      t0 = due;
+      // From when it was due, or from when it started if the timer fired early (node's timers keep whole ms).
+      t0 = Math.max(due, performance.now());
     }
     if (t0 >= end) return;
     await get();

@@ -31,6 +31,8 @@ import { LOCAL } from '../src/auth/principal.js';
 
 export interface SessionsBenchOptions {
   quick: boolean;
+  /** Only part (c), the proxy: no warm claims or cold starts. */
+  proxyOnly?: boolean;
 }
 
 /** The template as shipped (its own limits), with a pool for the warm claims. */
@@ -74,7 +76,7 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
   const deadline = performance.now() + (opts.quick ? 3 : 10) * 60_000;
   const load0 = loadavg();
   const tmp = mkdtempSync(join(tmpdir(), 'kiln-bench-sessions-'));
-  const config = benchConfig(join(tmp, 'data'));
+  const config = benchConfig(join(tmp, 'data'), opts.proxyOnly ? { min: 0, max: POOL.max } : POOL);
   const shipped = DEFAULT_CONFIG.templates[TEMPLATE]!.limits!;
 
   const starts: Latencies[] = [];
@@ -108,103 +110,105 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
     };
     const settled = () => waitPoolSettled(kiln, TEMPLATE, POOL.min);
 
-    console.log('warming the pool');
-    await settled();
-
-    // (a) warm claims: each on a settled pool (untimed wait), so no refill shares the CPU with it.
-    console.log(`warm claims of ${TEMPLATE}`);
-    const warm: Latencies = { name: `kiln warm claim ${TEMPLATE} → first proxied 200`, ms: [], capped: false };
-    const warmPost: number[] = [];
-    const warmGet: number[] = [];
-    for (let i = 0; i < n.warmup + n.warm; i++) {
-      if (performance.now() > deadline) {
-        warm.capped = true;
-        break;
-      }
+    if (!opts.proxyOnly) {
+      console.log('warming the pool');
       await settled();
-      const c = await claim(TEMPLATE);
-      await end(c.id);
-      if (i < n.warmup) continue;
-      warm.ms.push(c.ms);
-      warmPost.push(c.postMs);
-      warmGet.push(c.getMs);
-    }
-    console.log(`  p50 ${fmt(percentile(warm.ms, 50))} ms, p99 ${fmt(percentile(warm.ms, 99))} ms (n ${warm.ms.length})`);
 
-    // (a, b) cold starts of the template as shipped and with 1 CPU, and raw bwrap starts, interleaved
-    // (a rotating order per round) so drift in the machine's load falls on all three alike.
-    console.log('cold starts and raw bwrap starts, interleaved');
-    const raw: Latencies = { name: 'raw bwrap start of the same server → first 200', ms: [], capped: false };
-    const cold1: Latencies = { name: `kiln cold start, ${TEMPLATE} with 1 CPU → first proxied 200`, ms: [], capped: false };
-    const coldShipped: Latencies = { name: `kiln cold start, ${TEMPLATE} as shipped (${shipped.cpus} CPU) → first proxied 200`, ms: [], capped: false };
-    const trace = traceColdStarts(kiln);
-    const phases: Record<'total' | 'create' | 'listening' | 'ready' | 'outside', number[]> = { total: [], create: [], listening: [], ready: [], outside: [] };
-    const rawSysDirs = config.runtimes.process.systemDirs;
-    type Trace = ReturnType<typeof trace.last>;
-    const kinds: { into: Latencies; run: () => Promise<{ ms: number; t?: Trace }> }[] = [
-      { into: raw, run: async () => ({ ms: await rawStart(rawSysDirs) }) },
-      {
-        into: cold1,
-        run: async () => {
-          trace.reset();
-          const c = await claim(TEMPLATE_1CPU, COLD_ENV);
-          const t = trace.last();
-          await end(c.id);
-          return { ms: c.ms, t };
-        },
-      },
-      {
-        into: coldShipped,
-        run: async () => {
-          const c = await claim(TEMPLATE, COLD_ENV);
-          await end(c.id);
-          return { ms: c.ms };
-        },
-      },
-    ];
-    try {
-      for (let i = 0; i < n.warmup + n.cold; i++) {
+      // (a) warm claims: each on a settled pool (untimed wait), so no refill shares the CPU with it.
+      console.log(`warm claims of ${TEMPLATE}`);
+      const warm: Latencies = { name: `kiln warm claim ${TEMPLATE} → first proxied 200`, ms: [], capped: false };
+      const warmPost: number[] = [];
+      const warmGet: number[] = [];
+      for (let i = 0; i < n.warmup + n.warm; i++) {
         if (performance.now() > deadline) {
-          raw.capped = cold1.capped = coldShipped.capped = true;
+          warm.capped = true;
           break;
         }
-        for (let k = 0; k < kinds.length; k++) {
-          const kind = kinds[(i + k) % kinds.length]!;
-          await settled(); // cold starts leave the pool alone; this only makes sure, and spaces the starts alike
-          const { ms, t } = await kind.run();
-          if (i < n.warmup) continue;
-          kind.into.ms.push(ms);
-          if (t) {
-            phases.total.push(ms);
-            phases.create.push(t.createMs);
-            phases.listening.push(t.listeningMs);
-            phases.ready.push(t.readyMs - t.createMs);
-            phases.outside.push(ms - t.readyMs);
+        await settled();
+        const c = await claim(TEMPLATE);
+        await end(c.id);
+        if (i < n.warmup) continue;
+        warm.ms.push(c.ms);
+        warmPost.push(c.postMs);
+        warmGet.push(c.getMs);
+      }
+      console.log(`  p50 ${fmt(percentile(warm.ms, 50))} ms, p99 ${fmt(percentile(warm.ms, 99))} ms (n ${warm.ms.length})`);
+
+      // (a, b) cold starts of the template as shipped and with 1 CPU, and raw bwrap starts, interleaved
+      // (a rotating order per round) so drift in the machine's load falls on all three alike.
+      console.log('cold starts and raw bwrap starts, interleaved');
+      const raw: Latencies = { name: 'raw bwrap start of the same server → first 200', ms: [], capped: false };
+      const cold1: Latencies = { name: `kiln cold start, ${TEMPLATE} with 1 CPU → first proxied 200`, ms: [], capped: false };
+      const coldShipped: Latencies = { name: `kiln cold start, ${TEMPLATE} as shipped (${shipped.cpus} CPU) → first proxied 200`, ms: [], capped: false };
+      const trace = traceColdStarts(kiln);
+      const phases: Record<'total' | 'create' | 'listening' | 'ready' | 'outside', number[]> = { total: [], create: [], listening: [], ready: [], outside: [] };
+      const rawSysDirs = config.runtimes.process.systemDirs;
+      type Trace = ReturnType<typeof trace.last>;
+      const kinds: { into: Latencies; run: () => Promise<{ ms: number; t?: Trace }> }[] = [
+        { into: raw, run: async () => ({ ms: await rawStart(rawSysDirs) }) },
+        {
+          into: cold1,
+          run: async () => {
+            trace.reset();
+            const c = await claim(TEMPLATE_1CPU, COLD_ENV);
+            const t = trace.last();
+            await end(c.id);
+            return { ms: c.ms, t };
+          },
+        },
+        {
+          into: coldShipped,
+          run: async () => {
+            const c = await claim(TEMPLATE, COLD_ENV);
+            await end(c.id);
+            return { ms: c.ms };
+          },
+        },
+      ];
+      try {
+        for (let i = 0; i < n.warmup + n.cold; i++) {
+          if (performance.now() > deadline) {
+            raw.capped = cold1.capped = coldShipped.capped = true;
+            break;
+          }
+          for (let k = 0; k < kinds.length; k++) {
+            const kind = kinds[(i + k) % kinds.length]!;
+            await settled(); // cold starts leave the pool alone; this only makes sure, and spaces the starts alike
+            const { ms, t } = await kind.run();
+            if (i < n.warmup) continue;
+            kind.into.ms.push(ms);
+            if (t) {
+              phases.total.push(ms);
+              phases.create.push(t.createMs);
+              phases.listening.push(t.listeningMs);
+              phases.ready.push(t.readyMs - t.createMs);
+              phases.outside.push(ms - t.readyMs);
+            }
           }
         }
+      } finally {
+        trace.restore();
       }
-    } finally {
-      trace.restore();
-    }
-    starts.push(raw, cold1, coldShipped, warm);
-    for (const s of [raw, cold1, coldShipped]) console.log(`  ${s.name}: p50 ${fmt(percentile(s.ms, 50))} ms, p99 ${fmt(percentile(s.ms, 99))} ms (n ${s.ms.length})`);
+      starts.push(raw, cold1, coldShipped, warm);
+      for (const s of [raw, cold1, coldShipped]) console.log(`  ${s.name}: p50 ${fmt(percentile(s.ms, 50))} ms, p99 ${fmt(percentile(s.ms, 99))} ms (n ${s.ms.length})`);
 
-    notes.push(
-      `warm claim: POST /v1/sessions p50 ${fmt(percentile(warmPost, 50))} ms, then the first proxied GET p50 ${fmt(percentile(warmGet, 50))} ms ` +
-        `(each claim on a settled pool: ${POOL.min} ready, none starting, ≥ ${REFILL_DELAY_MS} ms after the last claim; the waiting is not timed)`,
-      `cold start (1 CPU) p50 by phase: sandbox create (dirs, cgroup, launcher, bwrap until its child pid) ${fmt(percentile(phases.create, 50))} ms; ` +
-        `then the server until kiln saw it listen ${fmt(percentile(phases.listening, 50))} ms; ` +
-        `from create until ready (listen, GET / probe, store writes) ${fmt(percentile(phases.ready, 50))} ms; ` +
-        `outside startWarm (API, store, proxy hold and the first GET) ${fmt(percentile(phases.outside, 50))} ms; total ${fmt(percentile(phases.total, 50))} ms`,
-      `raw baseline: bwrap with user, pid, ipc, uts and cgroup namespaces, --disable-userns, --new-session, --clearenv and kiln's read-only system dirs, ` +
-        `but no network namespace (so it can be polled on 127.0.0.1), no cgroup limits, no launcher, no seccomp filter; ` +
-        `it polls GET / on kiln's readiness schedule (a tenth of the time since the start, 2 to 25 ms apart), then GET /info on the same connection`,
-      `cold starts, raw starts interleaved round by round (order rotating), ${n.warmup} warm-up round(s) not counted`,
-    );
-    const ratioP50 = (a: Latencies, b: Latencies) => percentile(a.ms, 50) / percentile(b.ms, 50);
-    targets.push(['warm claim p50', percentile(warm.ms, 50), ' ms', (v) => v < 10, '< 10 ms']);
-    targets.push([`cold start / raw start p50, ${TEMPLATE} with 1 CPU (like for like)`, ratioP50(cold1, raw), '×', (v) => v <= 1.2, '≤ 1.2×']);
-    targets.push([`cold start / raw start p50, ${TEMPLATE} as shipped (${shipped.cpus} CPU quota)`, ratioP50(coldShipped, raw), '×', (v) => v <= 1.2, '≤ 1.2×']);
+      notes.push(
+        `warm claim: POST /v1/sessions p50 ${fmt(percentile(warmPost, 50))} ms, then the first proxied GET p50 ${fmt(percentile(warmGet, 50))} ms ` +
+          `(each claim on a settled pool: ${POOL.min} ready, none starting, ≥ ${REFILL_DELAY_MS} ms after the last claim; the waiting is not timed)`,
+        `cold start (1 CPU) p50 by phase: sandbox create (dirs, cgroup, launcher, bwrap until its child pid) ${fmt(percentile(phases.create, 50))} ms; ` +
+          `then the server until kiln saw it listen ${fmt(percentile(phases.listening, 50))} ms; ` +
+          `from create until ready (listen, GET / probe, store writes) ${fmt(percentile(phases.ready, 50))} ms; ` +
+          `outside startWarm (API, store, proxy hold and the first GET) ${fmt(percentile(phases.outside, 50))} ms; total ${fmt(percentile(phases.total, 50))} ms`,
+        `raw baseline: bwrap with user, pid, ipc, uts and cgroup namespaces, --disable-userns, --new-session, --clearenv and kiln's read-only system dirs, ` +
+          `but no network namespace (so it can be polled on 127.0.0.1), no cgroup limits, no launcher, no seccomp filter; ` +
+          `it polls GET / on kiln's readiness schedule (a tenth of the time since the start, 2 to 25 ms apart), then GET /info on the same connection`,
+        `cold starts, raw starts interleaved round by round (order rotating), ${n.warmup} warm-up round(s) not counted`,
+      );
+      const ratioP50 = (a: Latencies, b: Latencies) => percentile(a.ms, 50) / percentile(b.ms, 50);
+      targets.push(['warm claim p50', percentile(warm.ms, 50), ' ms', (v) => v < 10, '< 10 ms']);
+      targets.push([`cold start / raw start p50, ${TEMPLATE} with 1 CPU (like for like)`, ratioP50(cold1, raw), '×', (v) => v <= 1.2, '≤ 1.2×']);
+      targets.push([`cold start / raw start p50, ${TEMPLATE} as shipped (${shipped.cpus} CPU quota)`, ratioP50(coldShipped, raw), '×', (v) => v <= 1.2, '≤ 1.2×']);
+    }
 
     // (c) the same backend three ways, in rounds (direct, nginx, kiln, then the reverse) so drift falls on all alike.
     console.log('proxy load');
@@ -305,28 +309,30 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
     rmSync(tmp, { recursive: true, force: true });
   }
 
-  console.log(`\nsessions benchmark (process runtime; ratio = p50 and p99 ÷ those of the baseline named)\n`);
-  const raw = starts[0]!;
-  const coldShipped = starts[2]!;
-  const baselineOf = (s: Latencies) => (s === raw ? undefined : s === starts[3] ? coldShipped : raw);
-  console.log(
-    table(
-      ['series', 'n', 'p50 ms', 'p99 ms', 'p50 ratio', 'p99 ratio', 'against'],
-      starts.map((s) => {
-        const b = baselineOf(s);
-        return [
-          s.name,
-          `${s.ms.length}${s.capped ? '*' : ''}`,
-          fmt(percentile(s.ms, 50)),
-          fmt(percentile(s.ms, 99)),
-          b ? `${(percentile(s.ms, 50) / percentile(b.ms, 50)).toFixed(2)}×` : 'baseline',
-          b ? `${(percentile(s.ms, 99) / percentile(b.ms, 99)).toFixed(2)}×` : '',
-          b === raw ? 'raw bwrap' : b ? 'cold start as shipped' : '',
-        ];
-      }),
-    ),
-  );
-  if (starts.some((s) => s.capped)) console.log('* stopped early by the time cap');
+  if (starts.length) {
+    console.log(`\nsessions benchmark (process runtime; ratio = p50 and p99 ÷ those of the baseline named)\n`);
+    const raw = starts[0]!;
+    const coldShipped = starts[2]!;
+    const baselineOf = (s: Latencies) => (s === raw ? undefined : s === starts[3] ? coldShipped : raw);
+    console.log(
+      table(
+        ['series', 'n', 'p50 ms', 'p99 ms', 'p50 ratio', 'p99 ratio', 'against'],
+        starts.map((s) => {
+          const b = baselineOf(s);
+          return [
+            s.name,
+            `${s.ms.length}${s.capped ? '*' : ''}`,
+            fmt(percentile(s.ms, 50)),
+            fmt(percentile(s.ms, 99)),
+            b ? `${(percentile(s.ms, 50) / percentile(b.ms, 50)).toFixed(2)}×` : 'baseline',
+            b ? `${(percentile(s.ms, 99) / percentile(b.ms, 99)).toFixed(2)}×` : '',
+            b === raw ? 'raw bwrap' : b ? 'cold start as shipped' : '',
+          ];
+        }),
+      ),
+    );
+    if (starts.some((s) => s.capped)) console.log('* stopped early by the time cap');
+  }
 
   if (loads.length) {
     const direct = loads[0]!.r;
@@ -383,7 +389,7 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
   }
 }
 
-function benchConfig(dataDir: string): KilnConfig {
+function benchConfig(dataDir: string, pool: { min: number; max: number }): KilnConfig {
   const config = structuredClone(DEFAULT_CONFIG);
   config.server.dataDir = dataDir;
   config.server.logLevel = 'silent';
@@ -391,7 +397,7 @@ function benchConfig(dataDir: string): KilnConfig {
   const t = config.templates[TEMPLATE];
   if (!t?.command || t.runtime !== 'process') throw new Error(`template ${TEMPLATE}: expected a process-runtime server template`);
   if (t.command.join(' ') !== DEMO_COMMAND.join(' ')) throw new Error(`template ${TEMPLATE} runs ${t.command.join(' ')}, the raw baseline ${DEMO_COMMAND.join(' ')}`);
-  config.templates[TEMPLATE] = { ...t, pool: POOL };
+  config.templates[TEMPLATE] = { ...t, pool };
   config.templates[TEMPLATE_1CPU] = { ...t, pool: { min: 0, max: POOL.max }, limits: { ...t.limits, cpus: 1 } };
   return config;
 }
