@@ -48,8 +48,6 @@ const REFILL_DELAY_MS = 250;
 const CONNECTIONS = 16;
 /** Requests/s of the paced latency pass: a fifth or less of what each path serves here. */
 const PACED_RATE = 1000;
-/** Proxy load rounds: direct, nginx, kiln, then the reverse. */
-const ROUNDS = 2;
 
 interface Latencies {
   name: string;
@@ -71,7 +69,9 @@ interface LoadResult {
 }
 
 export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
-  const n = opts.quick ? { warm: 20, cold: 5, warmup: 1, loadS: 2, warmLoadS: 1 } : { warm: 100, cold: 20, warmup: 2, loadS: 5, warmLoadS: 2 };
+  // Proxy load in `rounds` (direct, nginx, kiln, then the reverse), `loadS` per path in all: more, shorter rounds put the
+  // machine's drift on all three paths alike (a p99 over a few seconds moves by a millisecond with the neighbours here).
+  const n = opts.quick ? { warm: 20, cold: 5, warmup: 1, loadS: 2, rounds: 2, warmLoadS: 1 } : { warm: 100, cold: 20, warmup: 2, loadS: 10, rounds: 5, warmLoadS: 2 };
   // Fixed counts, and an overall cap after which no series starts another call.
   const deadline = performance.now() + (opts.quick ? 3 : 10) * 60_000;
   const load0 = loadavg();
@@ -219,7 +219,7 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
     if (link.netnsPid === undefined) throw new Error('proxy load: the process runtime\'s link names no network namespace');
     const backend = { pid: link.netnsPid, port: config.templates[TEMPLATE_1CPU]!.port! };
     const port = new URL(base).port;
-    const perRound = n.loadS / ROUNDS;
+    const perRound = n.loadS / n.rounds;
     const acc = new Map<string, LoadResult>();
     const merge = (name: string, r: LoadResult) => {
       const a = acc.get(name);
@@ -258,7 +258,7 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
       // Untimed first: V8 compiles kiln's proxy path over its first second or two under load (a cold
       // path costs ~2× the CPU per request); a serving kiln is warm, as nginx's C is from the start.
       for (const p of paths) await p.run(n.warmLoadS);
-      for (let round = 0; round < ROUNDS; round++) {
+      for (let round = 0; round < n.rounds; round++) {
         if (performance.now() > deadline) {
           loadCapped = true;
           break;
@@ -271,11 +271,11 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
         }
       }
       // One connection, one request at a time: what each hop adds when nothing queues.
-      if (performance.now() < deadline) for (const p of paths) single.push({ name: p.name, r: await p.run(n.loadS / ROUNDS, 1) });
+      if (performance.now() < deadline) for (const p of paths) single.push({ name: p.name, r: await p.run(n.loadS / n.rounds, 1) });
       // Paced: the same connections at a fixed PACED_RATE, well below what any path can serve, so
       // latency shows what each hop adds rather than how long the queue is (at saturation a closed
       // loop's latency is its connections ÷ its throughput, the throughput target over again).
-      for (let round = 0; round < ROUNDS && performance.now() < deadline; round++) {
+      for (let round = 0; round < n.rounds && performance.now() < deadline; round++) {
         for (const p of round % 2 === 0 ? paths : [...paths].reverse()) {
           const r = await p.run(perRound, CONNECTIONS, PACED_RATE);
           const a = paced.find((x) => x.name === p.name);
@@ -339,7 +339,7 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
     const nginx = loads[1]!.r;
     console.log(
       `\nproxy: GET /info to one ${TEMPLATE} backend (1 CPU), ${CONNECTIONS} keep-alive connections from a separate Node process, ` +
-        `${n.loadS} s per path in ${ROUNDS} rounds (direct, nginx, kiln; then the reverse), 0.5 s warm-up per round and a first ${n.warmLoadS} s pass per path not counted.\n` +
+        `${n.loadS} s per path in ${n.rounds} rounds (direct, nginx, kiln; then the reverse), 0.5 s warm-up per round and a first ${n.warmLoadS} s pass per path not counted.\n` +
         `The backend is one Python process (ThreadingHTTPServer) in the sandbox's network namespace: all three paths share that ceiling.\n` +
         `direct: the load generator makes its connections inside that namespace (kiln's addon, as kiln's links do); nginx runs inside it\n` +
         `(nsenter) on another port, reached the same way; kiln listens on 127.0.0.1: every client talks TCP over a loopback.\n` +
@@ -365,12 +365,12 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
   }
 
   if (paced.length) {
-    console.log(`\nproxy latency paced: the same GET /info at ${PACED_RATE} req/s over ${CONNECTIONS} keep-alive connections, each request timed from when it was due, ${n.loadS} s per path in ${ROUNDS} rounds\n`);
+    console.log(`\nproxy latency paced: the same GET /info at ${PACED_RATE} req/s over ${CONNECTIONS} keep-alive connections, each request timed from when it was due, ${n.loadS} s per path in ${n.rounds} rounds\n`);
     console.log(latencyTable(paced));
   }
 
   if (single.length) {
-    console.log(`\nproxy latency unloaded: the same GET /info over 1 keep-alive connection, one request at a time, ${n.loadS / ROUNDS} s per path (after the rounds above)\n`);
+    console.log(`\nproxy latency unloaded: the same GET /info over 1 keep-alive connection, one request at a time, ${n.loadS / n.rounds} s per path (after the rounds above)\n`);
     console.log(latencyTable(single));
   }
 
@@ -689,18 +689,17 @@ function readLog(path: string): string {
   }
 }
 
-/** p50 and p99 per path, and what each adds to the first (the direct path). */
+/** p50, p90 and p99 per path, and what each adds to the first (the direct path). */
 function latencyTable(rows: { name: string; r: LoadResult }[]): string {
   const d = rows[0]!.r;
+  const ps = [50, 90, 99];
   return table(
-    ['path', 'requests', 'p50 ms', 'p99 ms', 'added p50 ms', 'added p99 ms'],
+    ['path', 'requests', ...ps.map((p) => `p${p} ms`), ...ps.map((p) => `added p${p} ms`)],
     rows.map(({ name, r }) => [
       name,
       String(r.count),
-      fmt(percentile(r.lat, 50), 3),
-      fmt(percentile(r.lat, 99), 3),
-      r === d ? 'baseline' : fmt(percentile(r.lat, 50) - percentile(d.lat, 50), 3),
-      r === d ? 'baseline' : fmt(percentile(r.lat, 99) - percentile(d.lat, 99), 3),
+      ...ps.map((p) => fmt(percentile(r.lat, p), 3)),
+      ...ps.map((p) => (r === d ? 'baseline' : fmt(percentile(r.lat, p) - percentile(d.lat, p), 3))),
     ]),
   );
 }
