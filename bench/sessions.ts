@@ -64,6 +64,8 @@ interface LoadResult {
   total: number;
   /** CPU the proxy process spent (user + system), ms; undefined for the direct path. */
   proxyCpuMs?: number;
+  /** The kernel's part of proxyCpuMs (system time: sockets, TCP over loopback, epoll). */
+  proxySysMs?: number;
   /** CPU the load generator spent, ms. */
   clientCpuMs: number;
 }
@@ -231,9 +233,12 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
         a.total += r.total;
         a.clientCpuMs += r.clientCpuMs;
         if (r.proxyCpuMs !== undefined) a.proxyCpuMs = (a.proxyCpuMs ?? 0) + r.proxyCpuMs;
+        if (r.proxySysMs !== undefined) a.proxySysMs = (a.proxySysMs ?? 0) + r.proxySysMs;
       }
     };
     let loadCapped = false;
+    /** kiln's requests/s ÷ nginx's in each round (the two ran back to back): how far this machine's drift moves the ratio. */
+    const roundRatios: number[] = [];
     await withNginx(tmp, backend, async (nginxAt, nginxCpuMs) => {
       const paths = [
         { name: 'direct', run: (secs = perRound, conns = CONNECTIONS, rate?: number) => runLoad({ netns: backend, path: '/info' }, secs, conns, rate) },
@@ -242,7 +247,8 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
           run: async (secs = perRound, conns = CONNECTIONS, rate?: number) => {
             const c0 = nginxCpuMs();
             const r = await runLoad({ netns: nginxAt, path: '/info' }, secs, conns, rate);
-            return { ...r, proxyCpuMs: nginxCpuMs() - c0 };
+            const c1 = nginxCpuMs();
+            return { ...r, proxyCpuMs: c1.user + c1.sys - c0.user - c0.sys, proxySysMs: c1.sys - c0.sys };
           },
         },
         {
@@ -251,7 +257,7 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
             const c0 = process.cpuUsage();
             const r = await runLoad({ host: '127.0.0.1', port: Number(port), path: `${s.url}info` }, secs, conns, rate);
             const c = process.cpuUsage(c0);
-            return { ...r, proxyCpuMs: (c.user + c.system) / 1000 };
+            return { ...r, proxyCpuMs: (c.user + c.system) / 1000, proxySysMs: c.system / 1000 };
           },
         },
       ];
@@ -263,12 +269,15 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
           loadCapped = true;
           break;
         }
+        const rps: Record<string, number> = {};
         for (const p of round % 2 === 0 ? paths : [...paths].reverse()) {
           const r = await p.run();
           merge(p.name, r);
-          const cpu = r.proxyCpuMs === undefined ? '' : `, proxy CPU ${((r.proxyCpuMs * 1000) / r.total).toFixed(0)} µs/req`;
+          rps[p.name] = r.count / r.seconds;
+          const cpu = r.proxyCpuMs === undefined ? '' : `, proxy CPU ${perRequest(r)} µs/req (user + system)`;
           console.log(`  ${p.name}: ${(r.count / r.seconds).toFixed(0)} req/s, p99 ${fmt(percentile(r.lat, 99), 2)} ms${cpu}`);
         }
+        roundRatios.push(rps['kiln /s/<token>/']! / rps['nginx proxy_pass']!);
       }
       // One connection, one request at a time: what each hop adds when nothing queues.
       if (performance.now() < deadline) for (const p of paths) single.push({ name: p.name, r: await p.run(n.loadS / n.rounds, 1) });
@@ -287,6 +296,7 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
     await end(s.id);
     loads = paths3(acc);
     if (loadCapped) notes.push('proxy load: stopped early by the time cap (fewer rounds than planned)');
+    notes.push(`kiln ÷ nginx requests/s round by round: ${roundRatios.map((x) => `${x.toFixed(2)}×`).join(', ')}`);
 
     const direct = acc.get('direct');
     const nginx = acc.get('nginx proxy_pass');
@@ -347,7 +357,7 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
     );
     console.log(
       table(
-        ['path', 'requests', 'req/s', 'p50 ms', 'p99 ms', 'req/s ÷ direct', 'req/s ÷ nginx', 'added p99 ms', 'proxy CPU µs/req', 'client CPU µs/req'],
+        ['path', 'requests', 'req/s', 'p50 ms', 'p99 ms', 'req/s ÷ direct', 'req/s ÷ nginx', 'added p99 ms', 'proxy CPU µs/req (user + sys)', 'client CPU µs/req'],
         loads.map(({ name, r }) => [
           name,
           String(r.count),
@@ -357,7 +367,7 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
           r === direct ? 'baseline' : `${(r.count / r.seconds / (direct.count / direct.seconds)).toFixed(2)}×`,
           r === direct ? '' : r === nginx ? 'baseline' : `${(r.count / r.seconds / (nginx.count / nginx.seconds)).toFixed(2)}×`,
           r === direct ? 'baseline' : fmt(percentile(r.lat, 99) - percentile(direct.lat, 99), 2),
-          r.proxyCpuMs === undefined ? '' : ((r.proxyCpuMs * 1000) / r.total).toFixed(0),
+          perRequest(r),
           ((r.clientCpuMs * 1000) / r.total).toFixed(0),
         ]),
       ),
@@ -598,7 +608,7 @@ async function runLoad(target: { netns?: { pid: number; port: number }; socketPa
  * kiln both talk TCP over a loopback. `fn` gets nginx's address and a reader
  * of the CPU nginx has used (ms).
  */
-async function withNginx<T>(tmp: string, backend: { pid: number; port: number }, fn: (at: { pid: number; port: number }, cpuMs: () => number) => Promise<T>): Promise<T> {
+async function withNginx<T>(tmp: string, backend: { pid: number; port: number }, fn: (at: { pid: number; port: number }, cpuMs: () => { user: number; sys: number }) => Promise<T>): Promise<T> {
   const nginxBin = '/usr/sbin/nginx';
   if (!existsSync(nginxBin)) throw new Error(`${nginxBin} not found (scripts/setup installs nginx-light)`);
   // The namespace is the sandbox's own: only its server listens there.
@@ -659,10 +669,10 @@ http {
   }
 }
 
-/** user + system CPU of a process and its children (nginx: the master and its worker), ms, from /proc. */
-function procTreeCpuMs(pid: number): number {
+/** User and system CPU of a process and its children (nginx: the master and its worker), ms each, from /proc. */
+function procTreeCpuMs(pid: number): { user: number; sys: number } {
   const tick = 1000 / 100; // USER_HZ is 100 on Linux
-  let total = 0;
+  const total = { user: 0, sys: 0 };
   const pids = [pid];
   try {
     pids.push(...readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
@@ -673,12 +683,21 @@ function procTreeCpuMs(pid: number): number {
     try {
       const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      total += (Number(fields[11]) + Number(fields[12])) * tick; // utime, stime (fields 14 and 15)
+      total.user += Number(fields[11]) * tick; // utime (field 14)
+      total.sys += Number(fields[12]) * tick; // stime (field 15)
     } catch {
       // gone
     }
   }
   return total;
+}
+
+/** A proxy's CPU per request, µs, as `total (user + system)`; empty for the direct path. */
+function perRequest(r: LoadResult): string {
+  if (r.proxyCpuMs === undefined) return '';
+  const us = (ms: number) => ((ms * 1000) / r.total).toFixed(0);
+  const sys = r.proxySysMs ?? 0;
+  return `${us(r.proxyCpuMs)} (${us(r.proxyCpuMs - sys)} + ${us(sys)})`;
 }
 
 function readLog(path: string): string {
