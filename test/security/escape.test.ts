@@ -457,7 +457,10 @@ attempt('control: a file of its own', lambda: open('mine', 'w').write('x'))
       await attempt(rt.runtime, async () => assert.equal((await bomb).body.verdict, 'timeout'));
       await attempt(rt.runtime, async () => {
         assert.equal((await execBomb).body.signal, 'SIGKILL');
-        assert.equal((await exec(f, attacker, ['echo', 'still here'])).body.stdout, 'still here\n');
+        const after = await exec(f, attacker, ['echo', 'still here']);
+        // If the sandbox died, say how: the session's status, stop reason and error.
+        const why = after.status === 200 ? '' : (await api(f, 'GET', `/v1/sessions/${attacker}`)).text;
+        assert.equal(after.body.stdout, 'still here\n', `exec after the bomb: ${after.status} ${after.text.slice(0, 300)} ${why}`);
       });
     });
 

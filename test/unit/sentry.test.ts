@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { PidLineReader, sentryHostLimits, wrapWithPidLine } from '../../src/runtimes/gvisor/sentry.js';
+import { PidLineReader, execMemoryCap, sentryHostLimits, wrapWithPidLine } from '../../src/runtimes/gvisor/sentry.js';
 
 function read(chunks: string[], end = true) {
   const rest: Buffer[] = [];
@@ -42,4 +42,18 @@ test('gvisor: the command runs unchanged after the wrapper, and limits go where 
   assert.ok(h.Memory > 256 * 1024 * 1024, 'host memory leaves headroom for the sentry');
   assert.deepEqual(h.Ulimits.find((u) => u.Name === 'nproc'), { Name: 'nproc', Soft: 50, Hard: 50 });
   assert.ok(h.PidsLimit > 50, 'host pids count the sentry threads, not the sandbox processes');
+});
+
+test('gvisor: an exec is killed well below the host memory limit, however much the sandbox held when it started', () => {
+  const MiB = 1024 * 1024;
+  const host = sentryHostLimits({ cpus: 1, memoryMb: 192, pids: 64, diskMb: 10 }).Memory;
+  // A fresh sandbox: the exec may grow by its own limit.
+  assert.equal(execMemoryCap(40 * MiB, 64, 192), 104 * MiB);
+  // A sandbox already holding much (files in its tmpfs, the server): the cap stops at the sandbox's limit, not
+  // held + limit, leaving the headroom (the sentry's mapped files, the growth while the kill lands) below the host limit.
+  for (const held of [0, 60, 150, 300]) {
+    const cap = execMemoryCap(held * MiB, 192, 192);
+    assert.ok(cap <= held * MiB + 192 * MiB, `held ${held} MB: never more than the exec's own limit`);
+    assert.ok(host - cap >= 96 * MiB, `held ${held} MB: the cap is ${(host - cap) / MiB} MB below the host limit`);
+  }
 });

@@ -27,7 +27,7 @@ import type { ExecKill, ExecRequest, ExecResult, PortLink, Runtime, RuntimeCheck
 import { WORK_DIR } from '../types.js';
 import { decodeExit, readKey, readNumber as readNum } from '../kernel.js';
 import { NetnsPorts, netnsProblem } from '../netns.js';
-import { PidLineReader, execToEnd, killScript, sentryHostLimits, wrapWithPidLine } from '../gvisor/sentry.js';
+import { PidLineReader, execMemoryCap, execToEnd, killScript, sentryHostLimits, wrapWithPidLine } from '../gvisor/sentry.js';
 import { seccompMounts, underFilter } from '../gvisor/seccomp.js';
 import { deviceMasks } from '../gvisor/dev.js';
 import { ExecRelays, relayMounts } from '../gvisor/relay.js';
@@ -253,7 +253,7 @@ class DockerSandbox implements Sandbox {
     if (!this.sentry) await this.narrowLimits(limits);
     const before = await this.cgroup.read(true);
     // Under gVisor an exec's memory is what the container gains while it runs (no per-exec cgroup exists).
-    const memoryCap = this.sentry ? (await this.cgroup.unreclaimableBytes()) + Math.min(limits.memoryMb, this.spec.limits.memoryMb) * 1024 * 1024 : Infinity;
+    const memoryCap = this.sentry ? execMemoryCap(await this.cgroup.unreclaimableBytes(), Math.min(limits.memoryMb, this.spec.limits.memoryMb), this.spec.limits.memoryMb) : Infinity;
     const exec = await this.container.exec({
       Cmd: this.sentry ? wrapWithPidLine(underFilter(req.command, Math.min(limits.pids, this.spec.limits.pids))) : req.command,
       User: SANDBOX_USER,

@@ -30,12 +30,31 @@ import type { SandboxLimits } from '../types.js';
 
 /** Host tasks the sentry may have (threads + ptrace stubs). A backstop, far above what a contained fork bomb leaves. */
 export const SENTRY_HOST_TASKS = 8192;
-/** Host memory beyond the sandbox's limit, for the sentry itself, so kiln's watchdog acts before the host OOM killer does. */
-export const SENTRY_MEMORY_HEADROOM_MB = 96;
+/**
+ * Host memory beyond the sandbox's limit: the sentry's mapped files (~30 MB,
+ * which count toward the host limit but not toward unreclaimable memory) and
+ * what an exec still gains while kiln kills it (a fork bomb inside gVisor
+ * grows ~50 MB/s), so kiln's watchdog acts before the host OOM killer does.
+ * At 96 MB, a bomb reached the host limit before its kill took hold.
+ */
+export const SENTRY_MEMORY_HEADROOM_MB = 160;
+/** Unreclaimable memory past the sandbox's limit that the watchdog allows: the sentry's own (~25 MB measured idle). */
+const SENTRY_OWN_MB = 32;
+const MiB = 1024 * 1024;
+
+/**
+ * The container's unreclaimable memory (anon + shmem, bytes) at which kiln
+ * kills an exec: what the sandbox held when the exec started plus the exec's
+ * own limit, but never past the sandbox's limit (plus the sentry's own), so
+ * the headroom below the host limit is always there for the kill to land in.
+ */
+export function execMemoryCap(heldBytes: number, execMb: number, sandboxMb: number): number {
+  return Math.min(heldBytes + execMb * MiB, (sandboxMb + SENTRY_OWN_MB) * MiB);
+}
 
 /** HostConfig limits of a gVisor sandbox: the sandbox's limits, enforced once, at create. */
 export function sentryHostLimits(limits: SandboxLimits) {
-  const memory = (limits.memoryMb + SENTRY_MEMORY_HEADROOM_MB) * 1024 * 1024;
+  const memory = (limits.memoryMb + SENTRY_MEMORY_HEADROOM_MB) * MiB;
   return {
     Memory: memory,
     MemorySwap: memory,
