@@ -56,7 +56,7 @@ const loop = async (conn: number) => {
       const due = start + (conn * 1000) / t.rate! + k * every;
       if (due > t0) await new Promise((r) => setTimeout(r, due - t0));
       // From when it was due, or from when it started if the timer fired early (node's timers keep whole ms).
-      t0 = Math.max(due, performance.now());
+      t0 = Math.min(due, performance.now());
     }
     if (t0 >= end) return;
     await get();

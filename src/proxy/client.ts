@@ -5,7 +5,10 @@
  */
 import type { PortLink } from '../runtimes/types.js';
 import { giveBackend, takeBackend } from './backends.js';
-import { type BodyFrame, contentLength, listsToken, readHead, responseBody, statusLine } from './http1.js';
+import { type BodyFrame, Field, HeadIndex, responseBody } from './http1.js';
+
+/** Read and used within one synchronous step, so one serves every probe. */
+const probeHead = new HeadIndex();
 
 /** The status the server answers `GET path` with, or undefined if it does not answer in time or makes no sense. */
 export function getStatus(link: PortLink, path: string, timeoutMs: number): Promise<number | undefined> {
@@ -28,24 +31,24 @@ export function getStatus(link: PortLink, path: string, timeoutMs: number): Prom
         let from = 0;
         if (!body) {
           const buf = pending ? Buffer.concat([pending, chunk]) : chunk;
-          const head = readHead(buf);
-          if (head === 'more') return void (pending = buf);
-          const sl = head === 'invalid' ? undefined : statusLine(head.line);
-          if (head === 'invalid' || !sl) return finish(undefined);
-          if (sl.status < 200) {
+          const head = probeHead;
+          const read = head.read(buf);
+          if (read === 'more') return void (pending = buf);
+          const code = read === 'ok' ? head.status() : 0;
+          if (code === 0) return finish(undefined);
+          if (code < 200) {
             // An interim answer: the final one follows.
             pending = buf.subarray(head.length);
             return pending.length ? onData(Buffer.alloc(0)) : undefined;
           }
-          status = sl.status;
+          status = code;
           let length: number | undefined;
-          let coding: string | undefined;
-          for (let i = 0; i < head.fields.length; i += 2) {
-            const name = head.fields[i]!.toLowerCase();
-            const value = head.fields[i + 1]!;
-            if (name === 'content-length') length = contentLength(value);
-            else if (name === 'transfer-encoding') coding = coding === undefined ? value : `${coding}, ${value}`;
-            else if (name === 'connection' && listsToken(value, 'close')) reusable = false;
+          let coding: 'none' | 'chunked' | 'other' = 'none';
+          for (let k = 0; k < head.count; k++) {
+            const field = head.code(k);
+            if (field === Field.ContentLength) length = head.contentLength(k);
+            else if (field === Field.TransferEncoding) coding = head.lastItemIs(k, 'chunked') ? 'chunked' : 'other';
+            else if (field === Field.Connection && head.valueLists(k, 'close')) reusable = false;
           }
           body = responseBody(status, false, length, coding);
           chunk = buf;

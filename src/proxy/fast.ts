@@ -15,7 +15,7 @@
  * (pipelining) wait, unread, until the response before them is done.
  */
 import type net from 'node:net';
-import { BodyFrame, FramingError, HOP_BY_HOP, SET_BY_PROXY, contentLength, listsToken, readHead, requestLine, responseBody, statusLine, type Head } from './http1.js';
+import { BodyFrame, Field, FramingError, HOP_BY_HOP, HeadIndex, SET_BY_PROXY, fieldCodes, responseBody } from './http1.js';
 import { giveBackend, takeBackend } from './backends.js';
 import type { PortLink } from '../runtimes/types.js';
 
@@ -39,9 +39,13 @@ export interface FastRouter {
 }
 
 /** Request fields the backend does not get: hop-by-hop ones (but Transfer-Encoding: the body's framing passes through as it is), and those kiln sets itself. */
-const DROP_REQUEST = new Set([...HOP_BY_HOP, ...SET_BY_PROXY].filter((f) => f !== 'transfer-encoding'));
+const DROP_REQUEST = fieldCodes([...HOP_BY_HOP, ...SET_BY_PROXY].filter((f) => f !== 'transfer-encoding'));
 /** Response fields the client does not get. Transfer-Encoding and Trailer stay: the body's framing passes through as it is. */
-const DROP_RESPONSE = new Set([...HOP_BY_HOP].filter((f) => f !== 'transfer-encoding' && f !== 'trailer'));
+const DROP_RESPONSE = fieldCodes([...HOP_BY_HOP].filter((f) => f !== 'transfer-encoding' && f !== 'trailer'));
+
+/** The heads being read: each is read and used within one synchronous step, so one of each serves every connection. */
+const requestHead = new HeadIndex();
+const responseHead = new HeadIndex();
 
 const BAD_GATEWAY = (() => {
   const body = 'The session’s server did not answer.\n';
@@ -52,7 +56,7 @@ const BAD_REQUEST = 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Le
 interface Exchange {
   route: FastRoute;
   /** The head as sent to the backend: resent once on a fresh connection if a reused one was closed under it. */
-  head: string;
+  head: Buffer;
   isHead: boolean;
   requestBody: BodyFrame;
   backend: Held;
@@ -64,7 +68,7 @@ interface Exchange {
   /** Some of the response was written to the client. */
   answered: boolean;
   /** The response head, until it is written with the first bytes of the body after it. */
-  responseHead?: string;
+  responseHead?: Out;
   /** The backend's connection cannot carry another exchange. */
   spent: boolean;
 }
@@ -186,73 +190,80 @@ class ClientConnection {
   private next(): void {
     const buf = this.buffered;
     if (!buf || this.done) return;
-    const head = readHead(buf);
-    if (head === 'more') return;
-    if (head === 'invalid') return this.handOff();
-    const started = this.start(head, buf);
-    if (!started) return this.handOff();
+    const read = requestHead.read(buf);
+    if (read === 'more') return;
+    if (read === 'invalid' || !this.start(requestHead, buf)) this.handOff();
   }
 
-  /** Begin an exchange for `head`; false if the request is not for the fast path. */
-  private start(head: Head, buf: Buffer): boolean {
-    const rl = requestLine(head.line);
+  /** Begin an exchange for the request head `h` read from `buf`; false if the request is not for the fast path. */
+  private start(h: HeadIndex, buf: Buffer): boolean {
+    const rl = h.requestLine();
     if (!rl) return false;
-    const f = head.fields;
     let cookie: string | undefined;
     let navigate = false;
     let length: number | undefined;
     let chunked = false;
-    let hosts = 0;
-    let host = '';
-    let forwardedFor: string | undefined;
-    let out = '';
-    for (let i = 0; i < f.length; i += 2) {
-      const name = f[i]!;
-      const value = f[i + 1]!;
-      const lower = name.toLowerCase();
-      switch (lower) {
-        case 'host':
-          if (++hosts > 1) return false;
-          host = value;
+    let host = -1;
+    let close = false;
+    for (let k = 0; k < h.count; k++) {
+      switch (h.code(k)) {
+        case Field.Host:
+          if (host >= 0) return false;
+          host = k;
           break;
-        case 'content-length':
+        case Field.ContentLength:
           if (length !== undefined) return false;
-          length = contentLength(value);
+          length = h.contentLength(k);
           if (length === undefined) return false;
           break;
-        case 'transfer-encoding':
-          if (chunked || value.toLowerCase() !== 'chunked') return false;
+        case Field.TransferEncoding:
+          if (chunked || !h.valueIs(k, 'chunked')) return false;
           chunked = true;
           break;
-        case 'connection':
-          if (listsToken(value, 'upgrade')) return false;
-          if (listsToken(value, 'close')) this.closeAfter = true;
-          continue;
-        case 'upgrade':
+        case Field.Connection:
+          if (h.valueLists(k, 'upgrade')) return false;
+          if (h.valueLists(k, 'close')) close = true;
+          break;
+        case Field.Upgrade:
           return false;
-        case 'cookie':
-          cookie = cookie === undefined ? value : `${cookie}; ${value}`;
+        case Field.Cookie:
+          cookie = cookie === undefined ? h.value(k) : `${cookie}; ${h.value(k)}`;
           break;
-        case 'sec-fetch-mode':
-          navigate = value === 'navigate';
+        case Field.SecFetchMode:
+          navigate = h.valueIs(k, 'navigate');
           break;
-        case 'x-forwarded-for':
-          forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`;
-          continue;
       }
-      if (DROP_REQUEST.has(lower)) continue;
-      out += `${name}: ${value}\r\n`;
     }
     // Both framings at once is how requests are smuggled: node's parser refuses it, so let it.
-    if (hosts === 0 || (chunked && length !== undefined) || rl.method === 'CONNECT') return false;
+    if (host < 0 || (chunked && length !== undefined) || rl.method === 'CONNECT') return false;
     const route = this.path.route(rl.method, rl.target, cookie, navigate);
     if (!route) return false;
+    if (close) this.closeAfter = true;
 
-    out = `${rl.method} ${route.path} HTTP/1.1\r\n${out}X-Forwarded-For: ${forwardedFor === undefined ? this.client : `${forwardedFor}, ${this.client}`}\r\nX-Forwarded-Proto: ${this.encrypted ? 'https' : 'http'}\r\nX-Forwarded-Host: ${host}\r\nX-Forwarded-Prefix: ${route.prefix}\r\n\r\n`;
+    // The head the server gets: the path without the prefix, the fields kept as they came, then X-Forwarded-*.
+    const out = new Out(2 * h.length + route.path.length + route.prefix.length + this.client.length + 128);
+    out.text(rl.method);
+    out.text(' ');
+    out.text(route.path);
+    out.text(' HTTP/1.1\r\n');
+    copyLines(h, out, DROP_REQUEST, -1);
+    out.text('X-Forwarded-For: ');
+    for (let k = 0; k < h.count; k++) {
+      if (h.code(k) !== Field.XForwardedFor) continue;
+      out.bytes(h.buf, h.valueStart(k), h.valueEnd(k));
+      out.text(', ');
+    }
+    out.text(this.client);
+    out.text(this.encrypted ? '\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: ' : '\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ');
+    out.bytes(h.buf, h.valueStart(host), h.valueEnd(host));
+    out.text('\r\nX-Forwarded-Prefix: ');
+    out.text(route.prefix);
+    out.text('\r\n\r\n');
+    const head = out.done();
     const backend = this.hold(route.link);
     const x: Exchange = {
       route,
-      head: out,
+      head,
       isHead: rl.method === 'HEAD',
       requestBody: chunked ? BodyFrame.chunked() : length ? BodyFrame.length(length) : BodyFrame.none(),
       backend,
@@ -266,8 +277,8 @@ class ClientConnection {
     this.buffered = undefined;
     route.begin();
     backend.used = true;
-    backend.socket.write(out, 'latin1');
-    this.forwardBody(x, buf, head.length);
+    backend.socket.write(head);
+    this.forwardBody(x, buf, h.length);
     return true;
   }
 
@@ -333,55 +344,61 @@ class ClientConnection {
 
   /** A response head (or more than one: interim 1xx responses come before the final one) at `from` in `buf`. */
   private readResponseHead(x: Exchange, buf: Buffer, from: number): void {
+    const h = responseHead;
     for (;;) {
       const data = from === 0 ? buf : buf.subarray(from);
-      const head = readHead(data);
-      if (head === 'more') {
+      const read = h.read(data);
+      if (read === 'more') {
         if (data.length > 0) x.pending = data;
         return;
       }
-      const sl = head === 'invalid' ? undefined : statusLine(head.line);
-      if (!sl || head === 'invalid' || sl.status === 101) return this.fail(x, BAD_GATEWAY);
-      const interim = sl.status < 200;
-      let framing: BodyFrame | undefined;
-      let out = `HTTP/1.1 ${sl.status} ${sl.reason}\r\n`;
+      const status = read === 'ok' ? h.status() : 0;
+      if (status === 0 || status === 101) return this.fail(x, BAD_GATEWAY);
+      const interim = status < 200;
       let referrerPolicy = false;
       let length: number | undefined;
-      let coding: string | undefined;
-      const f = head.fields;
-      for (let i = 0; i < f.length; i += 2) {
-        const name = f[i]!;
-        const value = f[i + 1]!;
-        const lower = name.toLowerCase();
-        if (lower === 'content-length') {
-          const n = contentLength(value);
-          if (n === undefined || (length !== undefined && n !== length)) return this.fail(x, BAD_GATEWAY);
-          length = n;
-        } else if (lower === 'transfer-encoding') coding = coding === undefined ? value : `${coding}, ${value}`;
-        else if (lower === 'connection' && listsToken(value, 'close')) x.spent = true;
-        else if (lower === 'referrer-policy') referrerPolicy = true;
-        if (DROP_RESPONSE.has(lower)) continue;
-        out += `${name}: ${value}\r\n`;
+      let coding: 'none' | 'chunked' | 'other' = 'none';
+      for (let k = 0; k < h.count; k++) {
+        switch (h.code(k)) {
+          case Field.ContentLength: {
+            const n = h.contentLength(k);
+            if (n === undefined || (length !== undefined && n !== length)) return this.fail(x, BAD_GATEWAY);
+            length = n;
+            break;
+          }
+          case Field.TransferEncoding:
+            coding = h.lastItemIs(k, 'chunked') ? 'chunked' : 'other';
+            break;
+          case Field.Connection:
+            if (h.valueLists(k, 'close')) x.spent = true;
+            break;
+          case Field.ReferrerPolicy:
+            referrerPolicy = true;
+            break;
+        }
       }
+      // Room for the body's bytes that came with the head: both go out in one write.
+      const out = new Out(h.length + 64 + (interim ? 0 : data.length - h.length));
+      out.text('HTTP/1.1 ');
+      out.bytes(h.buf, 9, h.lineEnd); // the status code and reason as they came
+      out.text(h.lineEnd === 12 ? ' \r\n' : '\r\n');
+      // With Transfer-Encoding, Content-Length is wrong by definition (RFC 9112 §6.3): not passed on.
+      copyLines(h, out, DROP_RESPONSE, !interim && coding !== 'none' ? Field.ContentLength : -1);
       if (!interim) {
-        framing = responseBody(sl.status, x.isHead, length, coding);
-        // With Transfer-Encoding, Content-Length is wrong by definition (RFC 9112 §6.3): not passed on.
-        if (coding !== undefined && length !== undefined) out = out.replace(/^content-length:.*\r\n/gim, '');
+        const framing = responseBody(status, x.isHead, length, coding);
         if (framing.kind === 'close') x.spent = this.closeAfter = true;
         // A page at a token URL must not hand the token to other sites in Referer.
-        if (!referrerPolicy) out += 'Referrer-Policy: same-origin\r\n';
-        if (this.closeAfter) out += 'Connection: close\r\n';
+        if (!referrerPolicy) out.text('Referrer-Policy: same-origin\r\n');
+        if (this.closeAfter) out.text('Connection: close\r\n');
+        out.text('\r\n');
+        x.responseBody = framing;
+        x.responseHead = out;
+        return this.forwardResponse(x, buf, from + h.length);
       }
-      out += '\r\n';
-      from += head.length;
-      if (interim) {
-        x.answered = true;
-        this.socket.write(out, 'latin1');
-        continue;
-      }
-      x.responseBody = framing;
-      x.responseHead = out;
-      return this.forwardResponse(x, buf, from);
+      out.text('\r\n');
+      from += h.length;
+      x.answered = true;
+      this.socket.write(out.done());
     }
   }
 
@@ -402,14 +419,8 @@ class ClientConnection {
       if (n === 0 && !x.responseBody!.done && x.responseBody!.kind === 'length' && x.requestBody.done) return;
       x.responseHead = undefined;
       x.answered = true;
-      if (n === 0) ok = this.socket.write(head, 'latin1');
-      else {
-        const headBytes = Buffer.byteLength(head, 'latin1');
-        const one = Buffer.allocUnsafe(headBytes + n);
-        one.write(head, 0, 'latin1');
-        chunk.copy(one, headBytes, from, from + n);
-        ok = this.socket.write(one);
-      }
+      head.bytes(chunk, from, from + n);
+      ok = this.socket.write(head.done());
     } else if (n > 0) ok = this.socket.write(n === chunk.length ? chunk : chunk.subarray(from, from + n));
     if (!ok) this.waitForClient(x);
     this.afterResponseBytes(x, chunk, from + n);
@@ -446,7 +457,7 @@ class ClientConnection {
       const { socket } = takeBackend(x.route.link);
       x.backend = this.held = this.listen(x.route.link, socket, true);
       x.reused = false;
-      socket.write(x.head, 'latin1');
+      socket.write(x.head);
       return;
     }
     this.fail(x, BAD_GATEWAY);
@@ -515,4 +526,49 @@ class ClientConnection {
     if (this.exchange) this.closeAfter = true;
     else if (!this.done) this.finish();
   }
+}
+
+/** A message head being built into one buffer (with, for a response, its body's first bytes): copied bytes and latin1 text. */
+class Out {
+  private buf: Buffer;
+  private n = 0;
+
+  constructor(capacity: number) {
+    this.buf = Buffer.allocUnsafe(capacity);
+  }
+
+  text(s: string): void {
+    this.room(s.length);
+    this.n += this.buf.write(s, this.n, 'latin1');
+  }
+
+  bytes(from: Buffer, start: number, end: number): void {
+    if (end <= start) return;
+    this.room(end - start);
+    this.n += from.copy(this.buf, this.n, start, end);
+  }
+
+  done(): Buffer {
+    return this.buf.subarray(0, this.n);
+  }
+
+  private room(more: number): void {
+    if (this.n + more <= this.buf.length) return;
+    const bigger = Buffer.allocUnsafe(Math.max(2 * this.buf.length, this.n + more));
+    this.buf.copy(bigger, 0, 0, this.n);
+    this.buf = bigger;
+  }
+}
+
+/** The field lines of `h` not dropped (by `drop`, a table of codes, or the code `also`) as they came, run by run. */
+function copyLines(h: HeadIndex, out: Out, drop: Uint8Array, also: Field | -1): void {
+  let run = -1;
+  for (let k = 0; k < h.count; k++) {
+    const code = h.code(k);
+    if (drop[code] || code === also) {
+      if (run >= 0) out.bytes(h.buf, run, h.lineStart(k));
+      run = -1;
+    } else if (run < 0) run = h.lineStart(k);
+  }
+  if (run >= 0) out.bytes(h.buf, run, h.lineAfter(h.count - 1));
 }

@@ -9,7 +9,6 @@
 /** node's default limit for a request head (`--max-http-header-size`). */
 export const MAX_HEAD_BYTES = 16 * 1024;
 const END_OF_HEAD = Buffer.from('\r\n\r\n');
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** Bytes of a token (RFC 9110 §5.6.2 tchar): a field name is made of these. */
 const TCHAR = new Uint8Array(256);
 for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") TCHAR[c.charCodeAt(0)] = 1;
@@ -23,6 +22,255 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set(['connection', 'keep-aliv
 /** Set by the proxy itself; what a client sent under these names is not passed on (x-forwarded-for is extended). */
 export const SET_BY_PROXY: ReadonlySet<string> = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-prefix']);
 
+/** The fields the proxy reads or drops, by code (in a parsed head); any other field is `Field.Other`. */
+export const enum Field {
+  Other,
+  Host,
+  ContentLength,
+  TransferEncoding,
+  Connection,
+  KeepAlive,
+  ProxyConnection,
+  TE,
+  Trailer,
+  Upgrade,
+  ProxyAuthorization,
+  ProxyAuthenticate,
+  XForwardedFor,
+  XForwardedProto,
+  XForwardedHost,
+  XForwardedPrefix,
+  Cookie,
+  SecFetchMode,
+  ReferrerPolicy,
+}
+
+const FIELD_NAMES: [string, Field][] = [
+  ['host', Field.Host],
+  ['content-length', Field.ContentLength],
+  ['transfer-encoding', Field.TransferEncoding],
+  ['connection', Field.Connection],
+  ['keep-alive', Field.KeepAlive],
+  ['proxy-connection', Field.ProxyConnection],
+  ['te', Field.TE],
+  ['trailer', Field.Trailer],
+  ['upgrade', Field.Upgrade],
+  ['proxy-authorization', Field.ProxyAuthorization],
+  ['proxy-authenticate', Field.ProxyAuthenticate],
+  ['x-forwarded-for', Field.XForwardedFor],
+  ['x-forwarded-proto', Field.XForwardedProto],
+  ['x-forwarded-host', Field.XForwardedHost],
+  ['x-forwarded-prefix', Field.XForwardedPrefix],
+  ['cookie', Field.Cookie],
+  ['sec-fetch-mode', Field.SecFetchMode],
+  ['referrer-policy', Field.ReferrerPolicy],
+];
+/** Known names by length, as bytes: a field's name is matched without a string being made of it. */
+const NAMES_BY_LENGTH: [Uint8Array, Field][][] = [];
+for (const [name, code] of FIELD_NAMES) (NAMES_BY_LENGTH[name.length] ??= []).push([Buffer.from(name, 'latin1'), code]);
+
+/** A table of the codes of `names` (each must be a known field): `table[code]` is 1 for those. */
+export function fieldCodes(names: Iterable<string>): Uint8Array {
+  const table = new Uint8Array(FIELD_NAMES.length + 1);
+  for (const name of names) {
+    const known = FIELD_NAMES.find(([n]) => n === name);
+    if (!known) throw new Error(`http1: ${name} is not a field the proxy knows by code`);
+    table[known[1]] = 1;
+  }
+  return table;
+}
+
+/** The code of the field name at buf[start, end), case-insensitively (a name's bytes are all tchar, so `| 0x20` folds only letters onto the known names). */
+function fieldCode(buf: Buffer, start: number, end: number): Field {
+  const candidates = NAMES_BY_LENGTH[end - start];
+  if (candidates === undefined) return Field.Other;
+  next: for (let c = 0; c < candidates.length; c++) {
+    const [name, code] = candidates[c]!;
+    for (let i = 0; i < name.length; i++) if ((buf[start + i]! | 0x20) !== name[i]) continue next;
+    return code;
+  }
+  return Field.Other;
+}
+
+/** Most fields a head may have here (node's HTTP server and client keep as many): a request with more is left to node's server, a response with more is a 502. */
+const MAX_FIELDS = 2000;
+const EMPTY = Buffer.alloc(0);
+const HTTP_11 = Buffer.from('HTTP/1.1', 'latin1');
+
+/**
+ * A message head located in its buffer: where its start line ends and where
+ * each field's name and value are, with the codes of the fields the proxy
+ * acts on. Nothing is copied or cut into strings unless asked for, so a
+ * head can be rewritten by copying the lines it keeps. One index is reused
+ * for head after head: what it says holds until its next `read`.
+ */
+export class HeadIndex {
+  /** The buffer of the last head read. */
+  buf: Buffer = EMPTY;
+  /** The CR that ends the start line. */
+  lineEnd = 0;
+  /** Bytes of the head, the blank line included. */
+  length = 0;
+  /** Fields in the head. */
+  count = 0;
+  /** Per field, five offsets into `buf`: name start, name end (its colon), value start, value end (both without surrounding spaces and tabs), the CR that ends its line. */
+  private readonly at = new Int32Array(MAX_FIELDS * 5);
+  private readonly codes = new Uint8Array(MAX_FIELDS);
+
+  /** Read the head at the start of `buf`: `'more'` if it is not all there yet, `'invalid'` if it is malformed, has too many fields or is longer than `max` bytes. */
+  read(buf: Buffer, max = MAX_HEAD_BYTES): 'ok' | 'more' | 'invalid' {
+    const end = buf.indexOf(END_OF_HEAD);
+    if (end < 0) return buf.length > max ? 'invalid' : 'more';
+    if (end + 4 > max) return 'invalid';
+    this.buf = buf;
+    this.count = 0;
+    let i = 0;
+    while (i < end && buf[i] !== 0x0d) if (CTL[buf[i++]!]) return 'invalid';
+    if (i === 0) return 'invalid';
+    this.lineEnd = i;
+    const at = this.at;
+    // At the CR that ends a line; the head's last line ends at `end`.
+    while (i < end) {
+      if (buf[i + 1] !== 0x0a || this.count === MAX_FIELDS) return 'invalid';
+      i += 2;
+      const nameStart = i;
+      while (TCHAR[buf[i]!]) i++;
+      // No colon right after a name (a folded line, obsolete, RFC 9112 §5.2, or a space before it): not ours to guess.
+      if (i === nameStart || i >= end || buf[i] !== 0x3a) return 'invalid';
+      const nameEnd = i;
+      i++;
+      while (i < end && (buf[i] === 0x20 || buf[i] === 0x09)) i++;
+      // The value without surrounding spaces and tabs (only those: RFC 9110's OWS).
+      const valueStart = i;
+      let valueEnd = i;
+      for (; i < end; i++) {
+        const c = buf[i]!;
+        if (c === 0x0d) break;
+        if (c !== 0x20 && c !== 0x09) {
+          if (CTL[c]) return 'invalid';
+          valueEnd = i + 1;
+        }
+      }
+      const k = this.count++;
+      at[k * 5] = nameStart;
+      at[k * 5 + 1] = nameEnd;
+      at[k * 5 + 2] = valueStart;
+      at[k * 5 + 3] = valueEnd;
+      at[k * 5 + 4] = i;
+      this.codes[k] = fieldCode(buf, nameStart, nameEnd);
+    }
+    this.length = end + 4;
+    return 'ok';
+  }
+
+  code(k: number): Field {
+    return this.codes[k]!;
+  }
+  /** Where field k's line starts (its name). */
+  lineStart(k: number): number {
+    return this.at[k * 5]!;
+  }
+  /** Just past field k's line (its CRLF included). */
+  lineAfter(k: number): number {
+    return this.at[k * 5 + 4]! + 2;
+  }
+  valueStart(k: number): number {
+    return this.at[k * 5 + 2]!;
+  }
+  valueEnd(k: number): number {
+    return this.at[k * 5 + 3]!;
+  }
+  name(k: number): string {
+    return this.buf.toString('latin1', this.at[k * 5]!, this.at[k * 5 + 1]!);
+  }
+  value(k: number): string {
+    return this.buf.toString('latin1', this.at[k * 5 + 2]!, this.at[k * 5 + 3]!);
+  }
+  line(): string {
+    return this.buf.toString('latin1', 0, this.lineEnd);
+  }
+
+  /** Whether field k's value is `lower` (lower-case ASCII), case-insensitively. */
+  valueIs(k: number, lower: string): boolean {
+    return this.itemIs(this.valueStart(k), this.valueEnd(k), lower);
+  }
+
+  /** Whether field k's value, a comma-separated list, has `lower` (lower-case ASCII) in it, as Connection does. */
+  valueLists(k: number, lower: string): boolean {
+    const end = this.valueEnd(k);
+    for (let a = this.valueStart(k); a <= end; ) {
+      let b = a;
+      while (b < end && this.buf[b] !== 0x2c /* , */) b++;
+      if (this.itemIs(a, b, lower)) return true;
+      a = b + 1;
+    }
+    return false;
+  }
+
+  /** Whether the last item of field k's comma-separated value is `lower` (lower-case ASCII), as for Transfer-Encoding's last coding. */
+  lastItemIs(k: number, lower: string): boolean {
+    const start = this.valueStart(k);
+    let a = this.valueEnd(k);
+    while (a > start && this.buf[a - 1] !== 0x2c) a--;
+    return this.itemIs(a, this.valueEnd(k), lower);
+  }
+
+  /** Whether buf[a, b), without surrounding spaces and tabs, is `lower`, case-insensitively. */
+  private itemIs(a: number, b: number, lower: string): boolean {
+    const buf = this.buf;
+    while (a < b && (buf[a] === 0x20 || buf[a] === 0x09)) a++;
+    while (b > a && (buf[b - 1] === 0x20 || buf[b - 1] === 0x09)) b--;
+    if (b - a !== lower.length) return false;
+    for (let i = 0; i < lower.length; i++) if (foldCase(buf[a + i]!) !== lower.charCodeAt(i)) return false;
+    return true;
+  }
+
+  /** Field k's value as a Content-Length: digits only, one value (RFC 9110 §8.6); undefined if not. */
+  contentLength(k: number): number | undefined {
+    const a = this.valueStart(k);
+    const b = this.valueEnd(k);
+    if (b === a || b - a > 15) return undefined;
+    let n = 0;
+    for (let i = a; i < b; i++) {
+      const d = this.buf[i]! - 0x30;
+      if (d < 0 || d > 9) return undefined;
+      n = n * 10 + d;
+    }
+    return n;
+  }
+
+  /** A request line `METHOD target HTTP/1.1` (other versions included), or undefined. */
+  requestLine(): RequestLine | undefined {
+    const buf = this.buf;
+    const end = this.lineEnd;
+    let a = 0;
+    while (a < end && TCHAR[buf[a]!]) a++;
+    if (a === 0 || buf[a] !== 0x20 || buf[a + 1] !== 0x2f /* / */) return undefined;
+    const b = buf.indexOf(0x20, a + 1);
+    // Exactly one more space, then the version (the target has none: CTL and spaces were refused above or here).
+    if (b < 0 || b + 9 !== end || buf.compare(HTTP_11, 0, 8, b + 1, end) !== 0) return undefined;
+    return { method: buf.toString('latin1', 0, a), target: buf.toString('latin1', a + 1, b) };
+  }
+
+  /** The status code of a status line `HTTP/1.x NNN reason` (1.0 or 1.1), or 0 for anything else. */
+  status(): number {
+    const buf = this.buf;
+    const end = this.lineEnd;
+    if (end < 12 || buf.compare(HTTP_11, 0, 7, 0, 7) !== 0 || (buf[7] !== 0x30 && buf[7] !== 0x31) || buf[8] !== 0x20) return 0;
+    if (end > 12 && buf[12] !== 0x20) return 0;
+    const h = buf[9]! - 0x30;
+    const t = buf[10]! - 0x30;
+    const u = buf[11]! - 0x30;
+    if (h < 1 || h > 5 || t < 0 || t > 9 || u < 0 || u > 9) return 0;
+    return h * 100 + t * 10 + u;
+  }
+}
+
+/** An ASCII byte in lower case (letters only change). */
+function foldCase(c: number): number {
+  return c >= 0x41 && c <= 0x5a ? c | 0x20 : c;
+}
+
 export interface Head {
   /** The request line or status line. */
   line: string;
@@ -33,88 +281,21 @@ export interface Head {
 }
 
 /**
- * The head at the start of `buf`: `'more'` if it is not all there yet,
- * `'invalid'` if it is malformed or longer than `max` bytes.
+ * The head at the start of `buf` as strings (for callers off the hot path):
+ * `'more'` if it is not all there yet, `'invalid'` as `HeadIndex.read` says.
  */
 export function readHead(buf: Buffer, max = MAX_HEAD_BYTES): Head | 'more' | 'invalid' {
-  const end = buf.indexOf(END_OF_HEAD);
-  if (end < 0) return buf.length > max ? 'invalid' : 'more';
-  if (end + 4 > max) return 'invalid';
-  // One pass over the bytes (this runs twice per proxied request); strings are cut from one latin1
-  // copy of the head (one character per byte, so values with bytes over 0x7f go back out unchanged).
-  const text = buf.toString('latin1', 0, end);
-  let i = 0;
-  while (i < end && buf[i] !== 0x0d) if (CTL[buf[i++]!]) return 'invalid';
-  if (i === 0) return 'invalid';
-  const line = text.slice(0, i);
+  const h = new HeadIndex();
+  const r = h.read(buf, max);
+  if (r !== 'ok') return r;
   const fields: string[] = [];
-  // At the CR that ends a line; the head's last line ends at `end`.
-  while (i < end) {
-    if (buf[i + 1] !== 0x0a) return 'invalid';
-    i += 2;
-    const nameStart = i;
-    while (TCHAR[buf[i]!]) i++;
-    // No colon right after a name (a folded line, obsolete, RFC 9112 §5.2, or a space before it): not ours to guess.
-    if (i === nameStart || i >= end || buf[i] !== 0x3a) return 'invalid';
-    const name = text.slice(nameStart, i);
-    i++;
-    while (i < end && (buf[i] === 0x20 || buf[i] === 0x09)) i++;
-    // The value without surrounding spaces and tabs (only those: RFC 9110's OWS).
-    const valueStart = i;
-    let valueEnd = i;
-    for (; i < end; i++) {
-      const c = buf[i]!;
-      if (c === 0x0d) break;
-      if (c !== 0x20 && c !== 0x09) {
-        if (CTL[c]) return 'invalid';
-        valueEnd = i + 1;
-      }
-    }
-    fields.push(name, text.slice(valueStart, valueEnd));
-  }
-  return { line, fields, length: end + 4 };
-}
-
-/** `s` from `from` without leading and trailing spaces and tabs (only those: RFC 9110's OWS). */
-function trimSpace(s: string, from: number): string {
-  let a = from;
-  let b = s.length;
-  while (a < b && (s.charCodeAt(a) === 32 || s.charCodeAt(a) === 9)) a++;
-  while (b > a && (s.charCodeAt(b - 1) === 32 || s.charCodeAt(b - 1) === 9)) b--;
-  return s.slice(a, b);
+  for (let k = 0; k < h.count; k++) fields.push(h.name(k), h.value(k));
+  return { line: h.line(), fields, length: h.length };
 }
 
 export interface RequestLine {
   method: string;
   target: string;
-}
-
-/** `METHOD target HTTP/1.1`, or undefined for anything else (other versions included). */
-export function requestLine(line: string): RequestLine | undefined {
-  const a = line.indexOf(' ');
-  const b = line.indexOf(' ', a + 1);
-  if (a <= 0 || b < 0 || line.indexOf(' ', b + 1) >= 0) return undefined;
-  if (line.slice(b + 1) !== 'HTTP/1.1') return undefined;
-  const method = line.slice(0, a);
-  const target = line.slice(a + 1, b);
-  if (!TOKEN.test(method) || target.charCodeAt(0) !== 47 /* / */) return undefined;
-  return { method, target };
-}
-
-export interface StatusLine {
-  status: number;
-  reason: string;
-}
-
-/** `HTTP/1.x NNN reason`, or undefined. */
-export function statusLine(line: string): StatusLine | undefined {
-  if (!line.startsWith('HTTP/1.') || line.length < 12 || line.charCodeAt(8) !== 32) return undefined;
-  const v = line.charCodeAt(7);
-  if (v !== 48 && v !== 49) return undefined; // 1.0 or 1.1
-  const code = line.slice(9, 12);
-  if (!/^[1-5]\d\d$/.test(code)) return undefined;
-  if (line.length > 12 && line.charCodeAt(12) !== 32) return undefined;
-  return { status: Number(code), reason: line.slice(13) };
 }
 
 /** A body's framing error: the exchange cannot go on, nor can its connection. */
@@ -263,24 +444,11 @@ function hexValue(c: number): number {
 /**
  * Where a response's body ends (RFC 9112 §6.3), from its status, whether it
  * answers a HEAD, its Content-Length (undefined: none or not a number) and
- * its Transfer-Encoding values joined (undefined: none).
+ * its Transfer-Encoding: none, `chunked` last, or another coding last.
  */
-export function responseBody(status: number, isHead: boolean, length: number | undefined, coding: string | undefined): BodyFrame {
+export function responseBody(status: number, isHead: boolean, length: number | undefined, coding: 'none' | 'chunked' | 'other'): BodyFrame {
   if (isHead || status === 204 || status === 304) return BodyFrame.none();
   // Chunked last: its framing says where the body ends. Any other last coding: the body ends with the connection.
-  if (coding !== undefined) return /(^|,)\s*chunked\s*$/i.test(coding) ? BodyFrame.chunked() : BodyFrame.untilClose();
+  if (coding !== 'none') return coding === 'chunked' ? BodyFrame.chunked() : BodyFrame.untilClose();
   return length !== undefined ? BodyFrame.length(length) : BodyFrame.untilClose();
-}
-
-/** A Content-Length value: digits only, one value (RFC 9110 §8.6); undefined if not. */
-export function contentLength(value: string): number | undefined {
-  if (!/^\d{1,15}$/.test(value)) return undefined;
-  return Number(value);
-}
-
-/** Whether a comma-separated field value lists `token` (case-insensitive), as Connection does. */
-export function listsToken(value: string, token: string): boolean {
-  if (!value.includes(',')) return trimSpace(value, 0).toLowerCase() === token; // most values are one token
-  for (const part of value.split(',')) if (trimSpace(part, 0).toLowerCase() === token) return true;
-  return false;
 }

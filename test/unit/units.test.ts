@@ -13,7 +13,7 @@ import { CappedBuffer } from '../../src/sandbox/output.js';
 import { WorkQueue } from '../../src/runs/queue.js';
 import { KilnError } from '../../src/errors.js';
 import { forwardHeaders, hasBody, responseHeaders } from '../../src/proxy/proxy.js';
-import { readHead } from '../../src/proxy/http1.js';
+import { Field, HeadIndex, readHead } from '../../src/proxy/http1.js';
 import { tableListensOn } from '../../src/runtimes/listening.js';
 import { readyPollDelayMs } from '../../src/pools/warm.js';
 
@@ -227,6 +227,47 @@ test('proxy: a message head reads back as built; one control byte, a bad name or
   for (const head of ['\r\n\r\n', 'GET / HTTP/1.1\r\n folded: x\r\n\r\n', 'GET / HTTP/1.1\r\nName : x\r\n\r\n', 'GET / HTTP/1.1\r\n: x\r\n\r\n', 'GET / HTTP/1.1\r\nNo-colon\r\n\r\n', 'GET / HTTP/1.1\r\nNa\xe9me: x\r\n\r\n'])
     assert.equal(readHead(Buffer.from(head, 'latin1')), 'invalid', JSON.stringify(head));
   assert.equal(readHead(Buffer.from(`GET / HTTP/1.1\r\nX: ${'a'.repeat(17000)}\r\n\r\n`)), 'invalid', 'longer than node allows');
+});
+
+test('proxy: a head read in place: field names in any case, comma lists, Content-Length, start lines, a cap on fields', () => {
+  const h = new HeadIndex();
+  const read = (text: string) => (assert.equal(h.read(Buffer.from(text, 'latin1')), 'ok', JSON.stringify(text)), h);
+  // A known name in any case has its code; a name one byte off does not.
+  const anyCase = (s: string) => fc.array(fc.boolean(), { minLength: s.length, maxLength: s.length }).map((up) => [...s].map((c, i) => (up[i] ? c.toUpperCase() : c)).join(''));
+  const known: [string, Field][] = [['content-length', Field.ContentLength], ['transfer-encoding', Field.TransferEncoding], ['connection', Field.Connection], ['host', Field.Host], ['x-forwarded-for', Field.XForwardedFor], ['sec-fetch-mode', Field.SecFetchMode], ['te', Field.TE]];
+  for (const [name, code] of known) {
+    fc.assert(fc.property(anyCase(name), (n) => assert.equal(read(`GET / HTTP/1.1\r\n${n}: x\r\n\r\n`).code(0), code, n)));
+    for (const near of [name.slice(1), `${name}s`, name.replace(/.$/, '_'), `q${name.slice(1)}`]) assert.equal(read(`GET / HTTP/1.1\r\n${near}: x\r\n\r\n`).code(0), Field.Other, near);
+  }
+  // Comma lists: each item without spaces and tabs, case-insensitive; the last item for a coding.
+  const item = fc.constantFrom('close', 'Close', 'keep-alive', 'chunked', 'gzip', 'CHUNKED', '', 'x-close');
+  const list = fc.tuple(fc.array(fc.tuple(fc.stringMatching(/^[ \t]{0,2}$/), item, fc.stringMatching(/^[ \t]{0,2}$/)), { minLength: 1, maxLength: 4 }));
+  fc.assert(
+    fc.property(list, ([items]) => {
+      const value = items.map(([a, v, b]) => a + v + b).join(',');
+      const k = read(`HTTP/1.1 200 OK\r\nConnection: ${value}\r\n\r\n`);
+      const names = items.map(([, v]) => v.toLowerCase());
+      assert.equal(k.valueLists(0, 'close'), names.includes('close'), value);
+      assert.equal(k.lastItemIs(0, 'chunked'), names[names.length - 1] === 'chunked', value);
+      assert.equal(k.valueIs(0, 'close'), value.trim() !== '' && names.length === 1 && names[0] === 'close', value);
+    }),
+  );
+  fc.assert(
+    fc.property(fc.stringMatching(/^[0-9a-z+-]{0,17}$/), (v) => {
+      const k = read(`HTTP/1.1 200 OK\r\nContent-Length: ${v}\r\n\r\n`);
+      assert.equal(k.contentLength(0), /^\d{1,15}$/.test(v) ? Number(v) : undefined, v);
+    }),
+  );
+  // Start lines: HTTP/1.1 requests with an origin-form target; 1.0 and 1.1 statuses 100 to 599.
+  assert.deepEqual(read('GET /a?b=c HTTP/1.1\r\n\r\n').requestLine(), { method: 'GET', target: '/a?b=c' });
+  for (const line of ['GET /a HTTP/1.0', 'GET  /a HTTP/1.1', 'GET /a b HTTP/1.1', 'GET http://x/ HTTP/1.1', 'G(T /a HTTP/1.1', 'GET /a HTTP/1.1 ', '/a HTTP/1.1', 'GET /a HTTP/1.10'])
+    assert.equal(read(`${line}\r\n\r\n`).requestLine(), undefined, line);
+  for (const [line, status] of [['HTTP/1.1 200 OK', 200], ['HTTP/1.0 404 Not Found', 404], ['HTTP/1.1 204', 204], ['HTTP/1.1 599 x', 599], ['HTTP/1.1 100 Continue', 100]] as const) assert.equal(read(`${line}\r\n\r\n`).status(), status, line);
+  for (const line of ['HTTP/1.1 600 x', 'HTTP/1.1 099 x', 'HTTP/2.0 200 OK', 'HTTP/1.1 20 OK', 'HTTP/1.1 2000 OK', 'HTTP/1.2 200 OK', 'http/1.1 200 OK', 'HTTP/1.1 2x0 OK'])
+    assert.equal(read(`${line}\r\n\r\n`).status(), 0, line);
+  // More fields than node keeps: not read here.
+  assert.equal(h.read(Buffer.from(`GET / HTTP/1.1\r\n${'A: b\r\n'.repeat(2000)}\r\n`)), 'ok');
+  assert.equal(h.read(Buffer.from(`GET / HTTP/1.1\r\n${'A: b\r\n'.repeat(2001)}\r\n`)), 'invalid');
 });
 
 test('listening: only a LISTEN socket on the port, at an address the bridge reaches', () => {
