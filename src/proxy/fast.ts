@@ -15,7 +15,7 @@
  * (pipelining) wait, unread, until the response before them is done.
  */
 import type net from 'node:net';
-import { BodyFrame, Field, FramingError, HOP_BY_HOP, HeadIndex, SET_BY_PROXY, fieldCodes, responseBody } from './http1.js';
+import { BodyFrame, Field, FramingError, HOP_BY_HOP, HeadIndex, HeadWriter, SET_BY_PROXY, copyLines, fieldCodes, responseBody } from './http1.js';
 import { giveBackend, takeBackend } from './backends.js';
 import type { PortLink } from '../runtimes/types.js';
 
@@ -68,7 +68,7 @@ interface Exchange {
   /** Some of the response was written to the client. */
   answered: boolean;
   /** The response head, until it is written with the first bytes of the body after it. */
-  responseHead?: Out;
+  responseHead?: HeadWriter;
   /** The backend's connection cannot carry another exchange. */
   spent: boolean;
 }
@@ -241,7 +241,7 @@ class ClientConnection {
     if (close) this.closeAfter = true;
 
     // The head the server gets: the path without the prefix, the fields kept as they came, then X-Forwarded-*.
-    const out = new Out(2 * h.length + route.path.length + route.prefix.length + this.client.length + 128);
+    const out = new HeadWriter(2 * h.length + route.path.length + route.prefix.length + this.client.length + 128);
     out.text(rl.method);
     out.text(' ');
     out.text(route.path);
@@ -378,7 +378,7 @@ class ClientConnection {
         }
       }
       // Room for the body's bytes that came with the head: both go out in one write.
-      const out = new Out(h.length + 64 + (interim ? 0 : data.length - h.length));
+      const out = new HeadWriter(h.length + 64 + (interim ? 0 : data.length - h.length));
       out.text('HTTP/1.1 ');
       out.bytes(h.buf, 9, h.lineEnd); // the status code and reason as they came
       out.text(h.lineEnd === 12 ? ' \r\n' : '\r\n');
@@ -526,49 +526,4 @@ class ClientConnection {
     if (this.exchange) this.closeAfter = true;
     else if (!this.done) this.finish();
   }
-}
-
-/** A message head being built into one buffer (with, for a response, its body's first bytes): copied bytes and latin1 text. */
-class Out {
-  private buf: Buffer;
-  private n = 0;
-
-  constructor(capacity: number) {
-    this.buf = Buffer.allocUnsafe(capacity);
-  }
-
-  text(s: string): void {
-    this.room(s.length);
-    this.n += this.buf.write(s, this.n, 'latin1');
-  }
-
-  bytes(from: Buffer, start: number, end: number): void {
-    if (end <= start) return;
-    this.room(end - start);
-    this.n += from.copy(this.buf, this.n, start, end);
-  }
-
-  done(): Buffer {
-    return this.buf.subarray(0, this.n);
-  }
-
-  private room(more: number): void {
-    if (this.n + more <= this.buf.length) return;
-    const bigger = Buffer.allocUnsafe(Math.max(2 * this.buf.length, this.n + more));
-    this.buf.copy(bigger, 0, 0, this.n);
-    this.buf = bigger;
-  }
-}
-
-/** The field lines of `h` not dropped (by `drop`, a table of codes, or the code `also`) as they came, run by run. */
-function copyLines(h: HeadIndex, out: Out, drop: Uint8Array, also: Field | -1): void {
-  let run = -1;
-  for (let k = 0; k < h.count; k++) {
-    const code = h.code(k);
-    if (drop[code] || code === also) {
-      if (run >= 0) out.bytes(h.buf, run, h.lineStart(k));
-      run = -1;
-    } else if (run < 0) run = h.lineStart(k);
-  }
-  if (run >= 0) out.bytes(h.buf, run, h.lineAfter(h.count - 1));
 }

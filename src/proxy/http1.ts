@@ -271,6 +271,51 @@ function foldCase(c: number): number {
   return c >= 0x41 && c <= 0x5a ? c | 0x20 : c;
 }
 
+/** A message head being built into one buffer (with, for a response, its body's first bytes): copied bytes and latin1 text. */
+export class HeadWriter {
+  private buf: Buffer;
+  private n = 0;
+
+  constructor(capacity: number) {
+    this.buf = Buffer.allocUnsafe(capacity);
+  }
+
+  text(s: string): void {
+    this.room(s.length);
+    this.n += this.buf.write(s, this.n, 'latin1');
+  }
+
+  bytes(from: Buffer, start: number, end: number): void {
+    if (end <= start) return;
+    this.room(end - start);
+    this.n += from.copy(this.buf, this.n, start, end);
+  }
+
+  done(): Buffer {
+    return this.buf.subarray(0, this.n);
+  }
+
+  private room(more: number): void {
+    if (this.n + more <= this.buf.length) return;
+    const bigger = Buffer.allocUnsafe(Math.max(2 * this.buf.length, this.n + more));
+    this.buf.copy(bigger, 0, 0, this.n);
+    this.buf = bigger;
+  }
+}
+
+/** The field lines of `h` not dropped (by `drop`, a table of codes, or the code `also`) as they came, run by run. */
+export function copyLines(h: HeadIndex, out: HeadWriter, drop: Uint8Array, also: Field | -1): void {
+  let run = -1;
+  for (let k = 0; k < h.count; k++) {
+    const code = h.code(k);
+    if (drop[code] || code === also) {
+      if (run >= 0) out.bytes(h.buf, run, h.lineStart(k));
+      run = -1;
+    } else if (run < 0) run = h.lineStart(k);
+  }
+  if (run >= 0) out.bytes(h.buf, run, h.lineAfter(h.count - 1));
+}
+
 export interface Head {
   /** The request line or status line. */
   line: string;

@@ -6,6 +6,7 @@
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import fc from 'fast-check';
 import { startTestKiln, testConfig, type TestKiln } from '../helpers.js';
 import { readHead, BodyFrame, FramingError } from '../../src/proxy/http1.js';
 
@@ -192,6 +193,27 @@ describe('proxy fast path', () => {
     assert.match(second!, /^GET \/second HTTP\/1\.1\r\n/, 'a pipelined request follows the first, in order');
     assert.match(raw, /Referrer-Policy: same-origin/);
     assert.equal((raw.match(/HTTP\/1\.1 200 OK\r\n/g) ?? []).length, 2, raw);
+  });
+
+  test('any head the fast path takes reaches the server with its kept lines as they came and in order, then X-Forwarded-*', async () => {
+    const name = fc.constantFrom('Accept', 'X-A', 'x-b', 'User-Agent', 'Connection', 'KEEP-ALIVE', 'Te', 'Trailer', 'Proxy-Authorization', 'Proxy-Connection', 'X-Forwarded-For', 'x-forwarded-host', 'X-Forwarded-Proto', 'X-Forwarded-Prefix');
+    // Values that never list `close` or `upgrade` (those change where the request goes).
+    const value = fc.stringMatching(/^[a-z0-9=;,.]{0,10}$/).filter((v) => !/(^|,)(close|upgrade)(,|$)/.test(v));
+    const ows = fc.stringMatching(/^[ \t]{0,2}$/);
+    const field = fc.tuple(name, ows, value, ows);
+    const dropped = new Set(['connection', 'keep-alive', 'te', 'trailer', 'proxy-authorization', 'proxy-connection', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-forwarded-prefix']);
+    await fc.assert(
+      fc.asyncProperty(fc.array(field, { maxLength: 8 }), fc.nat(), fc.stringMatching(/^[a-z0-9.:-]{1,20}$/), async (fields, at, host) => {
+        const lines = fields.map(([n, a, v, b]) => `${n}:${a}${v}${b}\r\n`);
+        lines.splice(at % (lines.length + 1), 0, `Host: ${host}\r\n`);
+        const raw = await exchange(`GET ${prefix}/echo?k=1 HTTP/1.1\r\n${lines.join('')}\r\n`, /\r\n\r\n[^]*\r\n\r\n$/);
+        const prior = fields.filter(([n]) => n.toLowerCase() === 'x-forwarded-for').map(([, , v]) => v);
+        const kept = lines.filter((l) => !dropped.has(l.slice(0, l.indexOf(':')).toLowerCase()));
+        const expected = `GET /echo?k=1 HTTP/1.1\r\n${kept.join('')}X-Forwarded-For: ${[...prior, '127.0.0.1'].join(', ')}\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ${host}\r\nX-Forwarded-Prefix: ${prefix}\r\n\r\n`;
+        assert.equal(bodies(raw)[0], expected);
+      }),
+      { numRuns: 60 },
+    );
   });
 
   test('a chunked request body passes as sent; a body split over many writes arrives whole', async () => {

@@ -13,7 +13,7 @@ import { CappedBuffer } from '../../src/sandbox/output.js';
 import { WorkQueue } from '../../src/runs/queue.js';
 import { KilnError } from '../../src/errors.js';
 import { forwardHeaders, hasBody, responseHeaders } from '../../src/proxy/proxy.js';
-import { Field, HeadIndex, readHead } from '../../src/proxy/http1.js';
+import { Field, HeadIndex, HeadWriter, copyLines, fieldCodes, readHead } from '../../src/proxy/http1.js';
 import { tableListensOn } from '../../src/runtimes/listening.js';
 import { readyPollDelayMs } from '../../src/pools/warm.js';
 
@@ -268,6 +268,28 @@ test('proxy: a head read in place: field names in any case, comma lists, Content
   // More fields than node keeps: not read here.
   assert.equal(h.read(Buffer.from(`GET / HTTP/1.1\r\n${'A: b\r\n'.repeat(2000)}\r\n`)), 'ok');
   assert.equal(h.read(Buffer.from(`GET / HTTP/1.1\r\n${'A: b\r\n'.repeat(2001)}\r\n`)), 'invalid');
+});
+
+test('proxy: a head rewritten by copying keeps exactly the lines not dropped, byte for byte and in order', () => {
+  const names = ['Host', 'Connection', 'keep-alive', 'X-Forwarded-For', 'Content-Length', 'Transfer-Encoding', 'Accept', 'X-A', 'Cookie', 'te'];
+  const line = fc.tuple(fc.constantFrom(...names), fc.stringMatching(/^[ \t]{0,2}$/), fc.stringMatching(/^[\x21-\x7e]{0,12}$/), fc.stringMatching(/^[ \t]{0,2}$/)).map(([n, a, v, b]) => `${n}:${a}${v}${b}\r\n`);
+  const droppable = ['connection', 'keep-alive', 'x-forwarded-for', 'content-length', 'transfer-encoding', 'cookie', 'te', 'host'];
+  fc.assert(
+    fc.property(fc.array(line, { maxLength: 12 }), fc.subarray(droppable), fc.option(fc.constantFrom(Field.ContentLength, Field.Host), { nil: undefined }), fc.nat({ max: 64 }), (lines, dropped, also, capacity) => {
+      const h = new HeadIndex();
+      assert.equal(h.read(Buffer.from(`GET / HTTP/1.1\r\n${lines.join('')}\r\n`, 'latin1')), 'ok');
+      // Any capacity: the writer grows when it must.
+      const out = new HeadWriter(capacity);
+      out.text('<');
+      copyLines(h, out, fieldCodes(dropped), also ?? -1);
+      out.text('>');
+      const gone = (l: string) => {
+        const name = l.slice(0, l.indexOf(':')).toLowerCase();
+        return dropped.includes(name) || (also === Field.ContentLength && name === 'content-length') || (also === Field.Host && name === 'host');
+      };
+      assert.equal(out.done().toString('latin1'), `<${lines.filter((l) => !gone(l)).join('')}>`);
+    }),
+  );
 });
 
 test('listening: only a LISTEN socket on the port, at an address the bridge reaches', () => {
