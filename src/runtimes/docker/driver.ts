@@ -54,6 +54,8 @@ export const SENTRY_HOST_DIR = '/run/kiln-docker';
 const CPU_POLL_MS = 20;
 /** How long killing an exec may take before kiln stops waiting for it and ends the exec's streams, ms. */
 const KILL_TIMEOUT_MS = 15_000;
+/** Looks, 10 ms apart, for a killed exec's processes to be reaped before the exec returns. */
+const REAP_WAIT_LOOKS = 300;
 const BASE_ENV = ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'TMPDIR=/tmp', 'LANG=C.UTF-8'];
 
 /**
@@ -364,30 +366,41 @@ class DockerSandbox implements Sandbox {
   }
 
   /**
-   * Freeze the container, SIGKILL the exec's processes, thaw. An exec is its own
-   * session (runc calls setsid), and a forked child keeps the session id even
-   * when reparented to docker-init, so the session finds the whole tree while
-   * the main process (another session) survives.
+   * Freeze the container, SIGKILL the exec's processes, thaw, then wait until
+   * they are gone. An exec is its own session (runc calls setsid), and a forked
+   * child keeps the session id even when reparented to docker-init, so the
+   * session finds the whole tree while the main process (another session)
+   * survives. The wait matters after a fork bomb: killed processes count
+   * against the pids limit until they are reaped, and an exec started before
+   * then cannot fork its own first process (runc: "read init-p").
    */
   private async killExec(exec: Docker.Exec): Promise<void> {
     const { Pid: sid } = await exec.inspect();
     if (!sid) return;
     const paused = await this.container.pause().then(() => true, () => false);
     try {
-      for (const pid of await this.cgroup.pids()) {
-        const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-        if (Number(fields[3]) === sid) {
-          try {
-            process.kill(pid, 'SIGKILL');
-          } catch {
-            /* gone */
-          }
+      for (const pid of await this.sessionPids(sid)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone */
         }
       }
     } finally {
       if (paused) await this.container.unpause().catch(() => undefined);
     }
+    for (let i = 0; i < REAP_WAIT_LOOKS && (await this.sessionPids(sid)).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+  }
+
+  /** The container's processes in session `sid` (zombies not yet reaped included). */
+  private async sessionPids(sid: number): Promise<number[]> {
+    const out: number[] = [];
+    for (const pid of await this.cgroup.pids()) {
+      const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[3]) === sid) out.push(pid);
+    }
+    return out;
   }
 
   async putFile(path: string, data: Buffer): Promise<void> {
