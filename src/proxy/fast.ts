@@ -205,6 +205,7 @@ class ClientConnection {
     let chunked = false;
     let host = -1;
     let close = false;
+    let forwardedFor = 0;
     for (let k = 0; k < h.count; k++) {
       switch (h.code(k)) {
         case Field.Host:
@@ -232,6 +233,9 @@ class ClientConnection {
         case Field.SecFetchMode:
           navigate = h.valueIs(k, 'navigate');
           break;
+        case Field.XForwardedFor:
+          forwardedFor++;
+          break;
       }
     }
     // Both framings at once is how requests are smuggled: node's parser refuses it, so let it.
@@ -248,8 +252,9 @@ class ClientConnection {
     out.text(' HTTP/1.1\r\n');
     copyLines(h, out, DROP_REQUEST, -1);
     out.text('X-Forwarded-For: ');
-    for (let k = 0; k < h.count; k++) {
+    for (let k = 0; forwardedFor > 0 && k < h.count; k++) {
       if (h.code(k) !== Field.XForwardedFor) continue;
+      forwardedFor--;
       out.bytes(h.buf, h.valueStart(k), h.valueEnd(k));
       out.text(', ');
     }

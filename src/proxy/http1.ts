@@ -326,7 +326,8 @@ export interface Head {
 }
 
 /**
- * The head at the start of `buf` as strings (for callers off the hot path):
+ * The head at the start of `buf` as strings (the tests read heads this way;
+ * the proxy itself reads them in place with a `HeadIndex`):
  * `'more'` if it is not all there yet, `'invalid'` as `HeadIndex.read` says.
  */
 export function readHead(buf: Buffer, max = MAX_HEAD_BYTES): Head | 'more' | 'invalid' {
