@@ -14,6 +14,7 @@
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:os';
 import { ProcessRuntime } from '../../src/runtimes/process/driver.js';
@@ -284,4 +285,37 @@ test('process hardening: without the seccomp helper an exec beside a main proces
     assert.deepEqual(await broken.listOwn(), []);
     await broken.close();
   }
+});
+
+test('process hardening: an fd kiln inherited without close-on-exec reaches no sandbox, plain or entered, nor its main process', () => {
+  // A kiln whose fd 100 came from its parent without close-on-exec (a shell, a supervisor): bwrap passes
+  // on whatever fds it is given, so only the spawn can keep it out.
+  const src = (p: string) => JSON.stringify(new URL(`../../src/${p}`, import.meta.url).href);
+  const script = `
+    import { randomBytes } from 'node:crypto';
+    import { readFileSync } from 'node:fs';
+    import { ProcessRuntime } from ${src('runtimes/process/driver.ts')};
+    import { DEFAULT_CONFIG } from ${src('config/defaults.ts')};
+    const flags = /flags:\\s*(\\d+)/.exec(readFileSync('/proc/self/fdinfo/100', 'utf8'))[1];
+    const p = DEFAULT_CONFIG.runtimes.process;
+    const rt = new ProcessRuntime({ instanceId: 'test-' + randomBytes(4).toString('hex'), sandboxRoot: '/run/kiln', uid: p.uid, gid: p.gid, systemDirs: p.systemDirs });
+    const limits = { cpus: 1, memoryMb: 256, pids: 64, diskMb: 8 };
+    const execLimits = { wallMs: 30000, cpuMs: 30000, memoryMb: 256, pids: 64, outputBytes: 1 << 20 };
+    const ls = async (sb, command) => (await sb.exec({ command, limits: execLimits })).stdout.toString();
+    const plain = await rt.create({ template: 'fds', limits });
+    const fromPlain = await ls(plain, ['/bin/ls', '/proc/self/fd']);
+    await plain.destroy();
+    const served = await rt.create({ template: 'fds', limits, main: { command: ['/bin/sh', '-c', 'ls /proc/self/fd > /tmp/main-fds; exec sleep 600'] } });
+    const fromEntered = await ls(served, ['/bin/ls', '/proc/self/fd']);
+    const fromMain = await ls(served, ['/bin/cat', '/tmp/main-fds']);
+    await served.destroy();
+    await rt.close();
+    process.stdout.write(JSON.stringify({ flags, fromPlain, fromEntered, fromMain }));
+  `;
+  const r = spawnSync('/bin/bash', ['-c', 'exec "$0" --import tsx --input-type=module -e "$1" 100</dev/null', process.execPath, script], { stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as Record<string, string>;
+  assert.equal(parseInt(out.flags!, 8) & 0o2000000, 0, "the test's own fd 100 should lack close-on-exec");
+  // 0-2, and the fd ls opened to list the directory.
+  for (const where of ['fromPlain', 'fromEntered', 'fromMain']) assert.deepEqual(out[where]!.trim().split('\n').map(Number), [0, 1, 2, 3], `${where}: ${out[where]}`);
 });

@@ -8,7 +8,7 @@
  * namespace (the kernel kills every process when its init dies); the cgroup is
  * then swept as a second line.
  */
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chownSync, existsSync, mkdirSync } from 'node:fs';
 import { access, chmod, chown, constants as fsConstants, mkdir, readdir, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
@@ -21,7 +21,8 @@ import { checkRelativePath } from '../../sandbox/paths.js';
 import type { ExecKill, ExecRequest, ExecResult, PortLink, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
 import { WORK_DIR } from '../types.js';
 import { Cgroup, detectCgroupMode, listChildren, type CgroupMode } from './cgroups.js';
-import { DEFAULT_LAUNCHER, enterArgv, launchArgv, LAUNCHER_ENV, LAUNCHER_ERROR_PREFIX, STATUS_FD } from './bwrap.js';
+import { DEFAULT_LAUNCHER, enterArgv, launchArgv, LAUNCHER_ENV, LAUNCHER_ERROR_PREFIX } from './bwrap.js';
+import { launch, spawnProblem, type Launched } from './launch.js';
 import { buildSeccompFilter, filterDigest } from './seccomp.js';
 import { NetnsPorts, netnsProblem } from '../netns.js';
 import { portListening } from '../listening.js';
@@ -104,6 +105,8 @@ export class ProcessRuntime implements Runtime {
     if (noLauncher) fix.push(noLauncher);
     const missing = await helperProblem(this.helper, 'seccomp helper');
     if (missing) fix.push(`${missing} (execs into session sandboxes need it)`);
+    const noSpawn = spawnProblem();
+    if (noSpawn) fix.push(noSpawn);
     const noLinks = netnsProblem();
     if (noLinks) fix.push(`${noLinks} (sessions need it to reach their server)`);
     if (fix.length === 0) {
@@ -283,7 +286,7 @@ class ProcessSandbox implements Sandbox {
   private destroyed = false;
   private readonly running = new Set<Promise<unknown>>();
   /** The main process (a session's server) and the host pid whose namespaces execs enter. */
-  private main: { child: ChildProcess; nsPid: number; log: CappedTail } | undefined;
+  private main: { child: Launched; nsPid: number; log: CappedTail } | undefined;
   /** The main's cgroup while it runs with a start-up CPU cap above the sandbox's own. */
   private burst: Cgroup | undefined;
   mainExited: Promise<void> | undefined;
@@ -329,15 +332,14 @@ class ProcessSandbox implements Sandbox {
       cwd: WORK_DIR,
       command: main.command,
     });
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', 'pipe'], env: LAUNCHER_ENV });
+    const child = launch(argv, LAUNCHER_ENV, { stdin: false });
     const log = new CappedTail(64 * 1024);
-    child.stdout!.on('data', (c: Buffer) => log.push(c));
-    child.stderr!.on('data', (c: Buffer) => log.push(c));
+    child.stdout.on('data', (c: Buffer) => log.push(c));
+    child.stderr.on('data', (c: Buffer) => log.push(c));
     this.mainExited = new Promise<void>((resolve) => child.once('close', () => resolve()));
     let status = '';
-    const statusStream = child.stdio[STATUS_FD] as NodeJS.ReadableStream;
     const nsPid = await new Promise<number | undefined>((resolve) => {
-      statusStream.on('data', (c: Buffer) => {
+      child.status.on('data', (c: Buffer) => {
         status += c.toString();
         const m = /"child-pid": (\d+)/.exec(status);
         if (m) resolve(Number(m[1]));
@@ -424,7 +426,13 @@ class ProcessSandbox implements Sandbox {
     });
 
     const started = performance.now();
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe', 'pipe'], env: LAUNCHER_ENV });
+    let child: Launched;
+    try {
+      child = launch(argv, LAUNCHER_ENV, { stdin: true });
+    } catch (e) {
+      await cg.remove();
+      throw e;
+    }
     let killedBy: ExecKill = null;
     const kill = (why: ExecKill) => {
       if (killedBy === null) killedBy = why;
@@ -433,14 +441,15 @@ class ProcessSandbox implements Sandbox {
     };
     const stdout = new CappedBuffer(limits.outputBytes, () => kill('output_limit'), req.onStdout);
     const stderr = new CappedBuffer(limits.outputBytes, () => kill('output_limit'), req.onStderr);
-    child.stdout!.on('data', (c: Buffer) => stdout.push(c));
-    child.stderr!.on('data', (c: Buffer) => stderr.push(c));
+    child.stdout.on('data', (c: Buffer) => stdout.push(c));
+    child.stderr.on('data', (c: Buffer) => stderr.push(c));
     let status = '';
-    (child.stdio[STATUS_FD] as NodeJS.ReadableStream).on('data', (c: Buffer) => (status += c.toString()));
+    child.status.on('data', (c: Buffer) => (status += c.toString()));
 
-    child.stdin!.on('error', () => undefined); // the program may exit without reading its stdin
-    if (req.stdin !== undefined && req.stdin.length > 0) child.stdin!.end(req.stdin);
-    else child.stdin!.end();
+    const stdin = child.stdin!;
+    stdin.on('error', () => undefined); // the program may exit without reading its stdin
+    if (req.stdin !== undefined && req.stdin.length > 0) stdin.end(req.stdin);
+    else stdin.end();
 
     const wallTimer = setTimeout(() => kill('wall_timeout'), limits.wallMs);
     let polling = false;
@@ -453,8 +462,7 @@ class ProcessSandbox implements Sandbox {
       });
     }, CPU_POLL_MS);
 
-    const exit = await new Promise<{ code: number | null; signal: NodeJS.Signals | null; spawnError?: Error }>((resolve) => {
-      child.once('error', (err) => resolve({ code: null, signal: null, spawnError: err }));
+    const exit = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
       child.once('close', (code, signal) => resolve({ code, signal }));
     });
     const wallMs = Math.round(performance.now() - started);
@@ -463,7 +471,6 @@ class ProcessSandbox implements Sandbox {
 
     const usage = await cg.usage();
     await cg.remove();
-    if (exit.spawnError) throw new KilnError('sandbox_failed', `process runtime: cannot start bwrap: ${exit.spawnError.message}`, 500);
     const head = stderr.toBuffer().subarray(0, 32).toString();
     const setupFailed =
       (exit.code === 125 && (head.startsWith(LAUNCHER_ERROR_PREFIX) || head.startsWith(HELPER_ERROR_PREFIX))) ||
