@@ -5,8 +5,7 @@
  * create+start+wait for the docker runtime (and the same with
  * `Runtime: runsc` for the gvisor runtime) — with runs/s, p50 and p99.
  */
-import { spawn, type StdioOptions } from 'node:child_process';
-import { closeSync, lstatSync, mkdirSync, mkdtempSync, openSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, mkdtempSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +16,7 @@ import { DEFAULT_CONFIG } from '../src/config/defaults.js';
 import type { Run } from '../src/runs/types.js';
 import { buildSeccompFilter } from '../src/runtimes/process/seccomp.js';
 import { measure, measurePaired, percentile, summarize, table, type SeriesOptions, type Summary } from './stats.js';
+import { spawnOk, spawnStall } from './spawn.js';
 import { LOCAL } from '../src/auth/principal.js';
 
 export interface RunsBenchOptions {
@@ -81,12 +81,18 @@ export async function benchRuns(opts: RunsBenchOptions): Promise<void> {
           wall?.push((run.compile?.wallMs ?? 0) + (run.run?.wallMs ?? 0));
         };
 
+        // What starting a process costs kiln's event loop at kiln's size, node's spawn beside kiln's (both raw, no sandbox).
+        const stall = await spawnStall(opts.quick ? 20 : 60);
+        notes.push(
+          `event loop held per process start at ${stall.rssMb.toFixed(0)} MB of RSS: node's child_process.spawn p50 ${percentile(stall.node, 50).toFixed(2)} ms ` +
+            `(p99 ${percentile(stall.node, 99).toFixed(2)}), kiln's posix_spawn p50 ${percentile(stall.kiln, 50).toFixed(2)} ms (p99 ${percentile(stall.kiln, 99).toFixed(2)}), ` +
+            `${(percentile(stall.node, 50) / percentile(stall.kiln, 50)).toFixed(1)}× less (the raw baselines below start by kiln's spawn too)`,
+        );
         bw1 = add('raw bwrap python -c pass c=1', summarize(await measure(series(1), () => rawBwrap(['python3', '-c', 'pass']))));
         // The seccomp filter's own cost: the same raw bwrap with and without kiln's filter, interleaved call by call.
-        const filterFile = join(tmp, 'seccomp.bpf');
-        writeFileSync(filterFile, buildSeccompFilter());
+        const filter = buildSeccompFilter();
         for (const [label, command] of [['python -c pass', ['python3', '-c', 'pass']], ['python 100k stat()', PY_SYSCALLS]] as const) {
-          const [plain, filtered] = await measurePaired(series(1), () => rawBwrap([...command]), () => rawBwrapSeccomp(filterFile, [...command]));
+          const [plain, filtered] = await measurePaired(series(1), () => rawBwrap([...command]), () => rawBwrapSeccomp(filter, [...command]));
           const base = add(`raw bwrap ${label} (paired) c=1`, summarize(plain));
           const withFilter = add(`raw bwrap ${label} + seccomp filter c=1`, summarize(filtered), base);
           notes.push(`seccomp filter, ${label}: p50 ${withFilter.p50.toFixed(1)} ms vs ${base.p50.toFixed(1)} ms without (${(withFilter.p50 / base.p50).toFixed(3)}× latency)`);
@@ -252,32 +258,10 @@ function bwrapArgv(extra: string[], command: string[]): string[] {
   ];
 }
 
-/** Spawn with piped stdio (as kiln does) and require exit 0. */
-function spawnOk(argv: string[], stdio: StdioOptions = ['pipe', 'pipe', 'pipe']): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(argv[0]!, argv.slice(1), { stdio });
-    let stderr = '';
-    child.stdin!.end();
-    child.stdout!.resume();
-    child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.once('error', reject);
-    child.once('close', (code, signal) =>
-      code === 0 ? resolve() : reject(new Error(`${argv.slice(argv.indexOf('--') + 1).join(' ')}: exit ${code ?? signal}: ${stderr.trim().slice(0, 300)}`)),
-    );
-  });
-}
-
 const rawBwrap = (command: string[]) => spawnOk(bwrapArgv([], command));
 
-/** rawBwrap with the filter file handed over as fd 3 (opened per call: bwrap reads it from its current offset). */
-async function rawBwrapSeccomp(filterFile: string, command: string[]): Promise<void> {
-  const fd = openSync(filterFile, 'r');
-  try {
-    await spawnOk(bwrapArgv(['--seccomp', '3'], command), ['pipe', 'pipe', 'pipe', fd]);
-  } finally {
-    closeSync(fd);
-  }
-}
+/** rawBwrap with the filter handed over on stdin (bwrap reads it to the end, as it reads the launcher's fd 6 for kiln). */
+const rawBwrapSeccomp = (filter: Buffer, command: string[]) => spawnOk(bwrapArgv(['--seccomp', '0'], command), filter);
 
 let cDirSeq = 0;
 /** What kiln does for C, by hand: a fresh work dir, main.c in it, gcc in one bwrap, ./main in another. */

@@ -14,6 +14,7 @@
  * script makes. Missed targets are reported, never fatal.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { startRaw } from './spawn.js';
 import { existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -553,10 +554,8 @@ async function rawStart(systemDirs: string[]): Promise<number> {
   ];
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   const t0 = performance.now();
-  const child = spawn('bwrap', argv, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (c: Buffer) => (stderr = (stderr + c.toString()).slice(-2000)));
-  const exited = new Promise<void>((r) => child.once('close', () => r()));
+  // Started as kiln starts its launcher (bench/spawn.ts), so neither pays for forking this process.
+  const { child, stderr, closed } = startRaw(['bwrap', ...argv]);
   try {
     const get = (path: string) =>
       new Promise<number>((resolve) => {
@@ -568,7 +567,7 @@ async function rawStart(systemDirs: string[]): Promise<number> {
           .on('error', () => resolve(0));
       });
     for (let i = 0; i < 1200; i++) {
-      if (child.exitCode !== null) throw new Error(`raw bwrap demo server exited ${child.exitCode}: ${stderr.trim().slice(0, 300)}`);
+      if (child.exitCode !== null) throw new Error(`raw bwrap demo server exited ${child.exitCode}: ${stderr().trim().slice(0, 300)}`);
       const status = await get('/');
       if (status > 0 && status < 500) {
         if ((await get('/info')) !== 200) throw new Error('raw demo server: GET /info did not answer 200');
@@ -580,7 +579,7 @@ async function rawStart(systemDirs: string[]): Promise<number> {
   } finally {
     agent.destroy();
     child.kill('SIGKILL');
-    await exited;
+    await closed;
   }
 }
 
