@@ -13,33 +13,20 @@
  * The sandbox still has no network: nothing is listening for it on the host,
  * and only kiln (root) can join its namespace.
  */
-import { closeSync, existsSync, openSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { closeSync, openSync } from 'node:fs';
 import net from 'node:net';
 import { KilnError } from '../errors.js';
 import type { PortLink } from './types.js';
+import { addonLoader } from './addon.js';
 
 /** Where scripts/setup builds the addon. */
 export const NETNS_ADDON = '/usr/local/lib/kiln/kiln-netns.node';
 
-let addon: { connect(nsFd: number, port: number): number } | undefined;
-
-function loadAddon(): NonNullable<typeof addon> {
-  if (addon) return addon;
-  if (!existsSync(NETNS_ADDON)) throw new KilnError('runtime_unavailable', `the port link addon ${NETNS_ADDON} is missing: run scripts/setup, which builds it`, 503);
-  addon = createRequire(import.meta.url)(NETNS_ADDON) as NonNullable<typeof addon>;
-  return addon;
-}
+const addon = addonLoader<{ connect(nsFd: number, port: number): number }>(NETNS_ADDON, 'the port link addon');
+const loadAddon = addon.load;
 
 /** Why port links cannot work here, or undefined when they can (for `kiln doctor`). */
-export function netnsProblem(): string | undefined {
-  try {
-    loadAddon();
-    return undefined;
-  } catch (e) {
-    return (e as Error).message;
-  }
-}
+export const netnsProblem = addon.problem;
 
 /** The ports of one sandbox's network namespace. */
 export class NetnsPorts {

@@ -8,7 +8,8 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { KilnError } from '../../src/errors.js';
-import { launch, type Launched } from '../../src/runtimes/process/launch.js';
+import { addonLoader } from '../../src/runtimes/addon.js';
+import { launch, SPAWN_ADDON, spawnProblem, type Launched } from '../../src/runtimes/process/launch.js';
 
 const ENV = { PATH: '/usr/bin:/bin' };
 
@@ -117,4 +118,16 @@ test('launch: 50 children at once all end, reaped, with every fd closed', async 
     }
   });
   assert.deepEqual(left.map((c) => c.pid), [], 'children not reaped');
+});
+
+test('addons: a missing one is a 503 naming its path and scripts/setup, and doctor reads the same reason', () => {
+  const missing = addonLoader<object>('/nonexistent/kiln-x.node', 'the test addon');
+  assert.throws(
+    () => missing.load(),
+    (e: unknown) => e instanceof KilnError && e.status === 503 && e.code === 'runtime_unavailable' && e.message === 'the test addon /nonexistent/kiln-x.node is missing: run scripts/setup, which builds it',
+  );
+  assert.equal(missing.problem(), 'the test addon /nonexistent/kiln-x.node is missing: run scripts/setup, which builds it');
+  // Both of kiln's are built by scripts/setup: CI fails here if it did not build them.
+  assert.equal(spawnProblem(), undefined);
+  assert.equal(addonLoader<{ spawn: unknown }>(SPAWN_ADDON, 'the spawn addon').load().spawn instanceof Function, true);
 });

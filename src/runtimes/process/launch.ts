@@ -10,11 +10,10 @@
  * uses: the pid, pipes for fds 0-3, kill, and `exit` and `close` events.
  */
 import { EventEmitter } from 'node:events';
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import net from 'node:net';
 import { constants } from 'node:os';
 import { KilnError } from '../../errors.js';
+import { addonLoader } from '../addon.js';
 
 /** Where scripts/setup builds the addon (./spawn.c). */
 export const SPAWN_ADDON = '/usr/local/lib/kiln/kiln-spawn.node';
@@ -24,24 +23,11 @@ interface Addon {
   spawn(file: string, argv: string[], env: string[], stdinPipe: boolean, onExit: (code: number | null, signal: number | null) => void): number[];
 }
 
-let addon: Addon | undefined;
-
-function loadAddon(): Addon {
-  if (addon) return addon;
-  if (!existsSync(SPAWN_ADDON)) throw new KilnError('runtime_unavailable', `the spawn addon ${SPAWN_ADDON} is missing: run scripts/setup, which builds it`, 503);
-  addon = createRequire(import.meta.url)(SPAWN_ADDON) as Addon;
-  return addon;
-}
+const addon = addonLoader<Addon>(SPAWN_ADDON, 'the spawn addon');
+const loadAddon = addon.load;
 
 /** Why sandboxes cannot be started here, or undefined when they can (for `kiln doctor`). */
-export function spawnProblem(): string | undefined {
-  try {
-    loadAddon();
-    return undefined;
-  } catch (e) {
-    return (e as Error).message;
-  }
-}
+export const spawnProblem = addon.problem;
 
 const SIGNAL_NAMES = new Map(Object.entries(constants.signals).map(([name, n]) => [n, name as NodeJS.Signals]));
 

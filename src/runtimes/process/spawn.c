@@ -34,8 +34,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* The most argv or env entries one spawn takes (the launcher's argv is a few hundred at most). */
-#define MAX_STRINGS 4096
+/* The most argv or env entries one spawn takes (execve's own limit, E2BIG, usually comes first). */
+#define MAX_STRINGS 65536
 /* Child ends are moved above this before the dup2s, so none of them is clobbered by another's dup2. */
 #define HIGH_FD 10
 
@@ -94,38 +94,44 @@ static void *wait_child(void *arg) {
   return NULL;
 }
 
+static void free_vector(char **v) {
+  if (v == NULL) return;
+  for (char **p = v; *p != NULL; p++) free(*p);
+  free(v);
+}
+
 /* Copies a JS array of strings into a NULL-terminated, malloc'd vector; NULL (and a thrown error) on failure. */
 static char **string_vector(napi_env env, napi_value array, const char *name) {
   bool is_array = false;
   uint32_t n = 0;
+  char msg[80];
   if (napi_is_array(env, array, &is_array) != napi_ok || !is_array || napi_get_array_length(env, array, &n) != napi_ok || n > MAX_STRINGS) {
-    char msg[80];
     snprintf(msg, sizeof msg, "spawn: %s must be an array of at most %d strings", name, MAX_STRINGS);
     napi_throw_type_error(env, NULL, msg);
     return NULL;
   }
   char **v = calloc((size_t)n + 1, sizeof *v);
-  if (v == NULL) return NULL;
+  if (v == NULL) {
+    napi_throw_error(env, "ENOMEM", "spawn: out of memory");
+    return NULL;
+  }
   for (uint32_t i = 0; i < n; i++) {
     napi_value item;
     size_t len = 0;
-    if (napi_get_element(env, array, i, &item) != napi_ok || napi_get_value_string_utf8(env, item, NULL, 0, &len) != napi_ok ||
-        (v[i] = malloc(len + 1)) == NULL || napi_get_value_string_utf8(env, item, v[i], len + 1, &len) != napi_ok || strlen(v[i]) != len) {
-      char msg[80];
+    bool ok = napi_get_element(env, array, i, &item) == napi_ok && napi_get_value_string_utf8(env, item, NULL, 0, &len) == napi_ok;
+    if (ok && (v[i] = malloc(len + 1)) == NULL) {
+      napi_throw_error(env, "ENOMEM", "spawn: out of memory");
+      free_vector(v);
+      return NULL;
+    }
+    if (!ok || napi_get_value_string_utf8(env, item, v[i], len + 1, &len) != napi_ok || strlen(v[i]) != len) {
       snprintf(msg, sizeof msg, "spawn: %s[%u] must be a string without NUL", name, i);
       napi_throw_type_error(env, NULL, msg);
-      for (uint32_t j = 0; j <= i; j++) free(v[j]);
-      free(v);
+      free_vector(v);
       return NULL;
     }
   }
   return v;
-}
-
-static void free_vector(char **v) {
-  if (v == NULL) return;
-  for (char **p = v; *p != NULL; p++) free(*p);
-  free(v);
 }
 
 /* Closes kiln's ends of the pipes (the spawn failed). */
