@@ -14,7 +14,6 @@
  * script makes. Missed targets are reported, never fatal.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { startRaw } from './spawn.js';
 import { existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -28,6 +27,7 @@ import type { Sandbox, SandboxSpec } from '../src/runtimes/types.js';
 import { NetnsPorts } from '../src/runtimes/netns.js';
 import { readyPollDelayMs } from '../src/pools/warm.js';
 import { percentile, table } from './stats.js';
+import { startRaw } from './spawn.js';
 import { LOCAL } from '../src/auth/principal.js';
 
 export interface SessionsBenchOptions {

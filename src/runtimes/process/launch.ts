@@ -5,9 +5,10 @@
  * the event loop waits, 4 ms at 45 MB of RSS and 9 ms at 150 MB on a 2-core
  * VM, on every sandbox start and exec, with every proxied request in flight
  * held up behind it. The addon (./spawn.c) uses posix_spawn, which clones
- * without copying (0.4-0.6 ms whatever kiln's size), and reports the exit on
- * the main thread. `Launched` gives the parts of a ChildProcess the runtime
- * uses: the pid, pipes for fds 0-3, kill, and `exit` and `close` events.
+ * without copying (0.4-0.8 ms whatever kiln's size, 1-2 ms with the pipes
+ * wrapped), and reports the exit on the main thread. `Launched` gives the
+ * parts of a ChildProcess the runtime uses: the pid, pipes for fds 0-3, kill,
+ * and `exit` and `close` events.
  */
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
