@@ -20,7 +20,12 @@ export function addonLoader<T>(path: string, what: string): AddonLoader<T> {
   const load = (): T => {
     if (loaded) return loaded;
     if (!existsSync(path)) throw new KilnError('runtime_unavailable', `${what} ${path} is missing: run scripts/setup, which builds it`, 503);
-    return (loaded = createRequire(import.meta.url)(path) as T);
+    try {
+      return (loaded = createRequire(import.meta.url)(path) as T);
+    } catch (e) {
+      // Built for another Node, or not an addon at all.
+      throw new KilnError('runtime_unavailable', `${what} ${path} cannot be loaded (${(e as Error).message.split('\n')[0]}): run scripts/setup, which rebuilds it`, 503, { cause: e });
+    }
   };
   const problem = (): string | undefined => {
     try {

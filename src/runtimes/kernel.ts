@@ -14,7 +14,14 @@ export async function readKey(path: string, key: string): Promise<number> {
   return m ? Number(m[1]) : 0;
 }
 
-const SIGNAL_NAMES = new Map(Object.entries(osConstants.signals).map(([name, n]) => [n, name]));
+/** Signal numbers to names; where two names share a number (SIGABRT and SIGIOT, SIGIO and SIGPOLL) the first, as node names them. */
+const SIGNAL_NAMES = new Map<number, NodeJS.Signals>();
+for (const [name, n] of Object.entries(osConstants.signals)) if (!SIGNAL_NAMES.has(n)) SIGNAL_NAMES.set(n, name as NodeJS.Signals);
+
+/** The name of signal `n` (SIGABRT for 6), or null for a number node has no name for (real-time signals). */
+export function signalName(n: number): NodeJS.Signals | null {
+  return SIGNAL_NAMES.get(n) ?? null;
+}
 
 /**
  * bwrap and Docker report a child killed by signal N as status 128+N. Such a

@@ -5,10 +5,14 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { test } from 'node:test';
 import { KilnError } from '../../src/errors.js';
 import { addonLoader } from '../../src/runtimes/addon.js';
+import { decodeExit } from '../../src/runtimes/kernel.js';
 import { launch, SPAWN_ADDON, spawnProblem, type Launched } from '../../src/runtimes/process/launch.js';
 
 const ENV = { PATH: '/usr/bin:/bin' };
@@ -130,4 +134,86 @@ test('addons: a missing one is a 503 naming its path and scripts/setup, and doct
   // Both of kiln's are built by scripts/setup: CI fails here if it did not build them.
   assert.equal(spawnProblem(), undefined);
   assert.equal(addonLoader<{ spawn: unknown }>(SPAWN_ADDON, 'the spawn addon').load().spawn instanceof Function, true);
+});
+
+test('launch: a signal is named as node names it (SIGABRT, not its alias SIGIOT), and so is a bwrap status of 128 + N', async () => {
+  for (const sig of ['ABRT', 'IO', 'TERM'] as const) {
+    const r = await collect(launch(['/bin/sh', '-c', `kill -${sig} $$`], ENV, { stdin: false }));
+    assert.deepEqual([r.code, r.signal], [null, `SIG${sig}`]);
+  }
+  assert.deepEqual(decodeExit(128 + 6, null, false), { exitCode: null, signal: 'SIGABRT' });
+});
+
+test('launch: if the spawn cannot be set up whole, it fails and starts nothing (no closefrom, no waiter thread)', () => {
+  // Shims standing in for an out-of-memory file action and a thread limit, preloaded into a kiln of their own.
+  const dir = mkdtempSync(join(tmpdir(), 'kiln-shim-'));
+  const shim = join(dir, 'shim.c');
+  writeFileSync(
+    shim,
+    `#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <stdlib.h>
+int posix_spawn_file_actions_addclosefrom_np(posix_spawn_file_actions_t *a, int from) {
+  static int (*real)(posix_spawn_file_actions_t *, int);
+  if (!real) real = (int (*)(posix_spawn_file_actions_t *, int))dlsym(RTLD_NEXT, "posix_spawn_file_actions_addclosefrom_np");
+  return getenv("SHIM_CLOSEFROM") ? ENOMEM : real(a, from);
+}
+int pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*f)(void *), void *arg) {
+  static int (*real)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+  if (!real) real = (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))dlsym(RTLD_NEXT, "pthread_create");
+  size_t size = 0;
+  if (getenv("SHIM_THREAD") && a && pthread_attr_getstacksize(a, &size) == 0 && size == 64 * 1024) return EAGAIN;
+  return real(t, a, f, arg);
+}
+`,
+  );
+  const so = join(dir, 'shim.so');
+  const cc = spawnSync('gcc', ['-shared', '-fPIC', '-o', so, shim, '-ldl'], { encoding: 'utf8' });
+  assert.equal(cc.status, 0, cc.stderr);
+  const script = `
+    import { launch } from ${JSON.stringify(new URL('../../src/runtimes/process/launch.ts', import.meta.url).href)};
+    import { readdirSync } from 'node:fs';
+    const before = readdirSync('/proc/self/fd').length;
+    let out;
+    try { launch(['/bin/touch', '${dir}/ran'], { PATH: '/bin' }, { stdin: true }); out = 'started'; } catch (e) { out = e.code + ': ' + e.message; }
+    setTimeout(() => process.stdout.write(JSON.stringify({ out, fdsLeft: readdirSync('/proc/self/fd').length - before })), 200);
+  `;
+  for (const [flag, message] of [['SHIM_CLOSEFROM', /sandbox_failed: process runtime: posix_spawn \/bin\/touch: Cannot allocate memory/], ['SHIM_THREAD', /sandbox_failed: process runtime: spawn: cannot start a thread to wait for the child: /]] as const) {
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, LD_PRELOAD: so, [flag]: '1' } });
+    assert.equal(r.status, 0, r.stderr);
+    const { out, fdsLeft } = JSON.parse(r.stdout) as { out: string; fdsLeft: number };
+    assert.match(out, message, flag);
+    assert.equal(fdsLeft, 0, `${flag}: fds left open`);
+    // The thread case started the child before it failed: it must have been killed before it could run.
+    if (flag === 'SHIM_CLOSEFROM') assert.equal(existsSync(join(dir, 'ran')), false, 'the program ran');
+  }
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('launch: only on the main thread (a worker\'s teardown would free what the exit threads hold)', async () => {
+  const url = new URL('../../src/runtimes/process/launch.ts', import.meta.url).href;
+  const code = `
+    const { parentPort } = require('node:worker_threads');
+    import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})
+      .then(({ register }) => (register(), import(${JSON.stringify(url)})))
+      .then(({ launch }) => {
+      try { launch(['/bin/true'], {}, { stdin: false }); parentPort.postMessage('started'); }
+      catch (e) { parentPort.postMessage(e.message); }
+    }, (e) => parentPort.postMessage('import failed: ' + e.message));
+  `;
+  const worker = new Worker(code, { eval: true });
+  const said = await new Promise((resolve) => worker.once('message', resolve));
+  await worker.terminate();
+  assert.equal(said, 'launch() runs on the main thread only');
+});
+
+test('addons: one that cannot be loaded (not an addon, or built for another node) is a 503 that says to rebuild it', () => {
+  const notAddon = addonLoader<object>('/etc/hostname', 'the test addon');
+  assert.throws(
+    () => notAddon.load(),
+    (e: unknown) => e instanceof KilnError && e.status === 503 && /^the test addon \/etc\/hostname cannot be loaded \(.+\): run scripts\/setup, which rebuilds it$/.test(e.message),
+  );
 });

@@ -11,10 +11,12 @@
  * and `exit` and `close` events.
  */
 import { EventEmitter } from 'node:events';
+import { closeSync } from 'node:fs';
 import net from 'node:net';
-import { constants } from 'node:os';
+import { isMainThread } from 'node:worker_threads';
 import { KilnError } from '../../errors.js';
 import { addonLoader } from '../addon.js';
+import { signalName } from '../kernel.js';
 
 /** Where scripts/setup builds the addon (./spawn.c). */
 export const SPAWN_ADDON = '/usr/local/lib/kiln/kiln-spawn.node';
@@ -29,8 +31,6 @@ const loadAddon = addon.load;
 
 /** Why sandboxes cannot be started here, or undefined when they can (for `kiln doctor`). */
 export const spawnProblem = addon.problem;
-
-const SIGNAL_NAMES = new Map(Object.entries(constants.signals).map(([name, n]) => [n, name as NodeJS.Signals]));
 
 export interface Launched {
   on(event: 'exit' | 'close', listener: (code: number | null, signal: NodeJS.Signals | null) => void): this;
@@ -60,6 +60,7 @@ export class Launched extends EventEmitter {
     this.stdin = stdin >= 0 ? new net.Socket({ fd: stdin, readable: false, writable: true }) : undefined;
     const reader = (fd: number) => {
       const s = new net.Socket({ fd, readable: true, writable: false });
+      s.on('error', () => undefined); // a failed read ends the stream; 'close' still comes
       s.once('close', () => this.maybeClose());
       return s;
     };
@@ -72,7 +73,7 @@ export class Launched extends EventEmitter {
   exit(code: number | null, signal: number | null): void {
     this.exited = true;
     this.exitCode = code;
-    this.signalCode = signal === null ? null : (SIGNAL_NAMES.get(signal) ?? null);
+    this.signalCode = signal === null ? null : signalName(signal);
     this.stdin?.destroy();
     this.emit('exit', this.exitCode, this.signalCode);
     this.maybeClose();
@@ -102,16 +103,24 @@ export class Launched extends EventEmitter {
  * 1-3 pipes to kiln and fd 0 a pipe (`stdin: true`) or /dev/null.
  */
 export function launch(argv: string[], env: Record<string, string>, opts: { stdin: boolean }): Launched {
+  // The addon's waiter threads hold threadsafe functions that a worker's teardown would free under them.
+  if (!isMainThread) throw new Error('launch() runs on the main thread only');
   const envList = Object.entries(env).map(([k, v]) => `${k}=${v}`);
   let child: Launched | undefined;
   let fds: number[];
   try {
     // The addon reports the exit from the event loop, never during spawn(): `child` is set by then.
-    fds = loadAddon().spawn(argv[0]!, argv, envList, opts.stdin, (code, signal) => child!.exit(code, signal));
+    fds = loadAddon().spawn(argv[0]!, argv, envList, opts.stdin, (code, signal) => child?.exit(code, signal));
   } catch (e) {
     if (e instanceof KilnError) throw e;
-    throw new KilnError('sandbox_failed', `process runtime: cannot start ${argv[0]}: ${(e as Error).message}`, 500, { cause: e });
+    throw new KilnError('sandbox_failed', `process runtime: ${(e as Error).message}`, 500, { cause: e });
   }
-  child = new Launched(fds);
+  try {
+    child = new Launched(fds);
+  } catch (e) {
+    process.kill(fds[0]!, 'SIGKILL');
+    for (const fd of fds.slice(1)) if (fd >= 0) closeSync(fd);
+    throw new KilnError('sandbox_failed', `process runtime: cannot take the pipes of ${argv[0]}: ${(e as Error).message}`, 500, { cause: e });
+  }
   return child;
 }

@@ -14,10 +14,12 @@
  * and wraps them in net.Sockets. Signals start at their defaults and unblocked
  * in the child, as node's spawn does.
  *
- * Exit: a small thread per child waits with WNOWAIT, so the child stays a
- * zombie (its pid not reusable) until the main thread reaps it just before
- * calling onExit(code, signal). Until then a kill by pid cannot reach another
- * process. libuv reaps only the pids it spawned, never these.
+ * Exit: a small thread per child (all signals blocked) waits with WNOWAIT,
+ * so the child stays a zombie (its pid not reusable) until the main thread
+ * reaps it just before calling onExit(code, signal). Until then a kill by pid
+ * cannot reach another process. libuv reaps only the pids it spawned, never
+ * these. Main thread only: a worker's teardown would free the threadsafe
+ * functions its waiter threads still hold (launch.ts refuses workers).
  * scripts/setup builds it (gcc -shared against Node's headers).
  */
 #define _GNU_SOURCE
@@ -54,6 +56,9 @@ static void add_any_signal(sigset_t *set, int sig) {
 struct child {
   pid_t pid;
   napi_threadsafe_function on_exit;
+  /* Set by the waiter: whether waitid saw the exit, and what it saw. */
+  bool waited;
+  siginfo_t info;
 };
 
 static napi_value throw_errno(napi_env env, const char *what, const char *file, int err) {
@@ -63,34 +68,34 @@ static napi_value throw_errno(napi_env env, const char *what, const char *file, 
   return NULL;
 }
 
-/* On the main thread: reap the zombie, then tell JavaScript how it ended. */
+/* On the main thread: tell JavaScript how the child ended, reaping it first. */
 static void call_on_exit(napi_env env, napi_value js_cb, void *context, void *data) {
   (void)context;
   struct child *c = data;
-  int status = 0;
-  pid_t r;
-  do r = waitpid(c->pid, &status, 0);
-  while (r < 0 && errno == EINTR);
+  /* A zombie by now (the waiter saw it exit): the reap cannot block. If waitid failed, nothing is reaped. */
+  if (c->waited) waitpid(c->pid, NULL, WNOHANG);
   if (env != NULL && js_cb != NULL) {
     napi_value args[2], global;
     napi_get_null(env, &args[0]);
     napi_get_null(env, &args[1]);
-    if (r == c->pid && WIFEXITED(status)) napi_create_int32(env, WEXITSTATUS(status), &args[0]);
-    else if (r == c->pid && WIFSIGNALED(status)) napi_create_int32(env, WTERMSIG(status), &args[1]);
+    if (c->waited && c->info.si_code == CLD_EXITED) napi_create_int32(env, c->info.si_status, &args[0]);
+    else if (c->waited && (c->info.si_code == CLD_KILLED || c->info.si_code == CLD_DUMPED)) napi_create_int32(env, c->info.si_status, &args[1]);
     napi_get_global(env, &global);
     napi_call_function(env, global, js_cb, 2, args, NULL);
   }
-  napi_release_threadsafe_function(c->on_exit, napi_tsfn_release);
   free(c);
 }
 
-/* The waiter thread: blocks until the child has ended, without reaping it. */
+/* The waiter thread: blocks until the child has ended, without reaping it, then hands it to the main thread. */
 static void *wait_child(void *arg) {
   struct child *c = arg;
-  siginfo_t info;
-  while (waitid(P_PID, (id_t)c->pid, &info, WEXITED | WNOWAIT) != 0 && errno == EINTR) {
-  }
-  napi_call_threadsafe_function(c->on_exit, c, napi_tsfn_blocking);
+  napi_threadsafe_function tsfn = c->on_exit; /* c is the main thread's once handed over */
+  int r;
+  do r = waitid(P_PID, (id_t)c->pid, &c->info, WEXITED | WNOWAIT);
+  while (r != 0 && errno == EINTR);
+  c->waited = r == 0;
+  napi_call_threadsafe_function(tsfn, c, napi_tsfn_blocking);
+  napi_release_threadsafe_function(tsfn, napi_tsfn_release);
   return NULL;
 }
 
@@ -151,7 +156,7 @@ static napi_value spawn_child(napi_env env, napi_callback_info info) {
   size_t file_len = 0;
   bool stdin_pipe = false;
   napi_valuetype cb_type;
-  if (napi_get_value_string_utf8(env, argv[0], file, sizeof file, &file_len) != napi_ok || file_len == 0 || file_len >= sizeof file - 1 ||
+  if (napi_get_value_string_utf8(env, argv[0], file, sizeof file, &file_len) != napi_ok || file_len == 0 || file_len >= sizeof file - 1 || strlen(file) != file_len ||
       napi_get_value_bool(env, argv[3], &stdin_pipe) != napi_ok || napi_typeof(env, argv[4], &cb_type) != napi_ok || cb_type != napi_function) {
     napi_throw_type_error(env, NULL, "spawn(file, argv, env, stdinPipe, onExit): a path, two string arrays, a boolean and a function");
     return NULL;
@@ -195,14 +200,15 @@ static napi_value spawn_child(napi_env env, napi_callback_info info) {
     what = "posix_spawn";
     posix_spawn_file_actions_init(&actions);
     posix_spawnattr_init(&attr);
-    if (!stdin_pipe) posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    for (int i = stdin_pipe ? 0 : 1; i < 4; i++) posix_spawn_file_actions_adddup2(&actions, ends[i][0], i);
+    /* Every action must be recorded (they fail only with ENOMEM): a spawn without one would fail open. */
+    if (!stdin_pipe) err = posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    for (int i = stdin_pipe ? 0 : 1; i < 4 && err == 0; i++) err = posix_spawn_file_actions_adddup2(&actions, ends[i][0], i);
     /* Nothing else: an fd kiln inherited without close-on-exec (from a shell, a supervisor) must not reach a sandbox. */
-    posix_spawn_file_actions_addclosefrom_np(&actions, 4);
-    posix_spawnattr_setsigdefault(&attr, &all);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-    err = posix_spawn(&pid, file, &actions, &attr, child_argv, child_env);
+    if (err == 0) err = posix_spawn_file_actions_addclosefrom_np(&actions, 4);
+    if (err == 0) err = posix_spawnattr_setsigdefault(&attr, &all);
+    if (err == 0) err = posix_spawnattr_setsigmask(&attr, &none);
+    if (err == 0) err = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+    if (err == 0) err = posix_spawn(&pid, file, &actions, &attr, child_argv, child_env);
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);
   }
@@ -215,30 +221,36 @@ static napi_value spawn_child(napi_env env, napi_callback_info info) {
     return throw_errno(env, what, file, err);
   }
 
-  /* From here the child runs: failures below still leave it reaped. */
-  struct child *c = malloc(sizeof *c);
+  /* From here the child runs: a failure below kills and reaps it, and the spawn fails. */
+  struct child *c = calloc(1, sizeof *c);
   napi_value name;
   napi_create_string_utf8(env, "kiln-spawn exit", NAPI_AUTO_LENGTH, &name);
-  pthread_attr_t ta;
-  pthread_t thread;
-  pthread_attr_init(&ta);
-  pthread_attr_setstacksize(&ta, 64 * 1024);
-  pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
   if (c == NULL || napi_create_threadsafe_function(env, argv[4], NULL, name, 0, 1, NULL, NULL, NULL, call_on_exit, &c->on_exit) != napi_ok) {
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     free(c);
     close_ours(ends);
-    pthread_attr_destroy(&ta);
     return throw_errno(env, "spawn: cannot watch the child", NULL, ENOMEM);
   }
   c->pid = pid;
+  pthread_attr_t ta;
+  pthread_t thread;
+  pthread_attr_init(&ta);
+  pthread_attr_setstacksize(&ta, 64 * 1024);
+  pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+  /* The waiter inherits this mask: no process-directed signal is ever handled on its small stack. */
+  sigset_t old_mask;
+  pthread_sigmask(SIG_SETMASK, &all, &old_mask);
   err = pthread_create(&thread, &ta, wait_child, c);
+  pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
   pthread_attr_destroy(&ta);
   if (err != 0) {
-    /* No thread: the child is killed and reaped now, and onExit is told at once. */
     kill(pid, SIGKILL);
-    napi_call_threadsafe_function(c->on_exit, c, napi_tsfn_blocking);
+    waitpid(pid, NULL, 0);
+    napi_release_threadsafe_function(c->on_exit, napi_tsfn_abort);
+    free(c);
+    close_ours(ends);
+    return throw_errno(env, "spawn: cannot start a thread to wait for the child", NULL, err);
   }
 
   napi_value result, v;
