@@ -11,7 +11,6 @@
  * and `exit` and `close` events.
  */
 import { EventEmitter } from 'node:events';
-import { closeSync } from 'node:fs';
 import net from 'node:net';
 import { isMainThread } from 'node:worker_threads';
 import { KilnError } from '../../errors.js';
@@ -118,8 +117,8 @@ export function launch(argv: string[], env: Record<string, string>, opts: { stdi
   try {
     child = new Launched(fds);
   } catch (e) {
+    // Not seen (net.Socket takes any pipe fd): the child is killed rather than left running unwatched; the addon still reaps it.
     process.kill(fds[0]!, 'SIGKILL');
-    for (const fd of fds.slice(1)) if (fd >= 0) closeSync(fd);
     throw new KilnError('sandbox_failed', `process runtime: cannot take the pipes of ${argv[0]}: ${(e as Error).message}`, 500, { cause: e });
   }
   return child;
