@@ -83,3 +83,31 @@ test('process: portListening sees the server listen inside the sandbox, and noth
     host.close();
   }
 });
+
+test('process: an exec ends at its wall deadline even when its output pipe is held open by the sandbox\'s server', { timeout: 30000 }, async () => {
+  // The server takes whatever fd an exec sends it over a unix socket and keeps it: a pipe kiln reads to its end
+  // that no kill of the exec's cgroup closes.
+  const server = [
+    'import socket, time',
+    's = socket.socket(socket.AF_UNIX); s.bind("/tmp/hold"); s.listen()',
+    'kept = []',
+    'while True:',
+    '    c, _ = s.accept()',
+    '    kept.append((c, socket.recv_fds(c, 1, 4)))',
+  ].join('\n');
+  const sb = await rt.create({ template: 'hold', limits: LIMITS, main: { command: ['python3', '-c', server] } });
+  try {
+    const give = 'import os, socket, time\nwhile not os.path.exists("/tmp/hold"): time.sleep(0.02)\ns = socket.socket(socket.AF_UNIX); s.connect("/tmp/hold")\nsocket.send_fds(s, [b"x"], [1, 2]); print("sent", flush=True)';
+    const t0 = performance.now();
+    const r = await sb.exec({ command: ['python3', '-c', give], limits: { wallMs: 2000, cpuMs: 2000, memoryMb: 64, pids: 8, outputBytes: 1000 } });
+    const ms = performance.now() - t0;
+    assert.equal(r.stdout.toString(), 'sent\n');
+    assert.equal(r.killedBy, 'wall_timeout');
+    assert.ok(ms < 10000, `the exec returned after ${ms.toFixed(0)} ms`);
+    // The sandbox goes on: the next exec runs as usual.
+    const next = await sb.exec({ command: ['echo', 'next'], limits: { wallMs: 5000, cpuMs: 5000, memoryMb: 64, pids: 8, outputBytes: 100 } });
+    assert.equal(next.stdout.toString(), 'next\n');
+  } finally {
+    await sb.destroy();
+  }
+});

@@ -67,6 +67,8 @@ const BASE_ENV: Record<string, string> = {
 
 /** How often the CPU deadline reads the cgroup's usage, ms. */
 const CPU_POLL_MS = 20;
+/** How long a killed exec's output may stay open (held by a process outside its cgroup) before kiln stops reading it, ms. */
+const PIPE_GRACE_MS = 500;
 
 export class ProcessRuntime implements Runtime {
   readonly name = 'process';
@@ -434,10 +436,14 @@ class ProcessSandbox implements Sandbox {
       throw e;
     }
     let killedBy: ExecKill = null;
+    let abandon: NodeJS.Timeout | undefined;
     const kill = (why: ExecKill) => {
       if (killedBy === null) killedBy = why;
       child.kill('SIGKILL');
       void cg.killAll();
+      // The exec's output may be held open by a process the kill does not reach (it can pass its fds to the
+      // sandbox's server): the exec still ends, PIPE_GRACE_MS after its kill, with the output read by then.
+      abandon ??= setTimeout(() => child.abandonPipes(), PIPE_GRACE_MS);
     };
     const stdout = new CappedBuffer(limits.outputBytes, () => kill('output_limit'), req.onStdout);
     const stderr = new CappedBuffer(limits.outputBytes, () => kill('output_limit'), req.onStderr);
@@ -467,6 +473,7 @@ class ProcessSandbox implements Sandbox {
     });
     const wallMs = Math.round(performance.now() - started);
     clearTimeout(wallTimer);
+    clearTimeout(abandon);
     clearInterval(cpuTimer);
 
     const usage = await cg.usage();

@@ -78,6 +78,15 @@ export class Launched extends EventEmitter {
     this.maybeClose();
   }
 
+  /**
+   * Stops reading fds 1-3 as if they had ended: `close` then comes with the
+   * exit. For a process whose pipes something else keeps open (a sandbox can
+   * hand an fd to a process that outlives the exec and any kill of it).
+   */
+  abandonPipes(): void {
+    for (const s of [this.stdout, this.stderr, this.status]) s.destroy();
+  }
+
   private maybeClose(): void {
     if (--this.closesNeeded === 0) this.emit('close', this.exitCode, this.signalCode);
   }
