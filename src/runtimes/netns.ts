@@ -10,6 +10,11 @@
  *   namespace is held open by an fd taken while the sandbox's process was
  *   known alive, so a reused pid can never point a link elsewhere.
  *
+ * - listening        — whether a server in the namespace listens on a port,
+ *   asked of the namespace's kernel (sock_diag, by the same addon): cheap
+ *   enough to watch a starting server every few milliseconds, and it opens no
+ *   connection.
+ *
  * The sandbox still has no network: nothing is listening for it on the host,
  * and only kiln (root) can join its namespace.
  */
@@ -22,7 +27,7 @@ import { addonLoader } from './addon.js';
 /** Where scripts/setup builds the addon. */
 export const NETNS_ADDON = '/usr/local/lib/kiln/kiln-netns.node';
 
-const addon = addonLoader<{ connect(nsFd: number, port: number): number }>(NETNS_ADDON, 'the port link addon');
+const addon = addonLoader<{ connect(nsFd: number, port: number): number; listening(nsFd: number, port: number): boolean }>(NETNS_ADDON, 'the port link addon');
 const loadAddon = addon.load;
 
 /** Why port links cannot work here, or undefined when they can (for `kiln doctor`). */
@@ -47,6 +52,16 @@ export class NetnsPorts {
   link(port: number): PortLink {
     if (!Number.isInteger(port) || port < 1 || port > 65535) throw new KilnError('invalid_request', `port: ${port} is not a TCP port`, 400);
     return { key: `${this.name}:${port}`, connect: () => this.connect(port), netnsPid: this.nsPid };
+  }
+
+  /**
+   * Whether a TCP socket listens on `port` at an address a link reaches
+   * (0.0.0.0, 127.0.0.1, ::, ::ffff:127.0.0.1). Throws if the kernel cannot
+   * say (no sock_diag): the caller then probes through a link instead.
+   */
+  listening(port: number): boolean {
+    if (this.nsFd === undefined) return false;
+    return loadAddon().listening(this.nsFd, port);
   }
 
   private connect(port: number): net.Socket {

@@ -139,10 +139,11 @@ export interface Sandbox {
   /**
    * With a `main`: whether something inside listens on TCP `port` where the
    * port link reaches it (127.0.0.1 or a wildcard address). A cheap look
-   * (no connection), for polling a starting server often; undefined where
-   * the runtime cannot see the sandbox's sockets (then probe through the link).
+   * (no connection), for polling a starting server often. Absent, or
+   * resolving undefined, where the runtime cannot see the sandbox's sockets
+   * (then probe through the link).
    */
-  portListening?(port: number): Promise<boolean>;
+  portListening?(port: number): Promise<boolean | undefined>;
   /** Kill everything inside and remove all traces. Idempotent. */
   destroy(): Promise<void>;
 }

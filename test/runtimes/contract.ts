@@ -63,6 +63,14 @@ export function runtimeContract(makeRuntime: () => Runtime, opts: ContractOption
     });
   });
 
+  test(`${rt.name}: a program killed while it forks did not hit the pids limit (the kill's own refusals are not counted)`, async () => {
+    await withSandbox(async (sb) => {
+      const r = await sb.exec({ command: ['/bin/sh', '-c', 'while :; do /bin/true; done'], limits: { ...LIMITS, wallMs: 500 } });
+      assert.equal(r.killedBy, 'wall_timeout');
+      assert.equal(r.pidsLimitHit, false);
+    });
+  });
+
   test(`${rt.name}: a busy loop ends at the CPU deadline`, async () => {
     await withSandbox(async (sb) => {
       const r = await sb.exec(py('while True: pass', { cpuMs: 300, wallMs: 10000 }));

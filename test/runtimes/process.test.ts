@@ -56,22 +56,35 @@ test('process: a server starts with its start-up CPU cap, and gets the sandbox q
   }
 });
 
-test('process: portListening sees the server listen inside the sandbox, and nothing else', async () => {
+test('process: portListening sees a TCP listener inside the sandbox at an address a link reaches, and nothing else', async () => {
   // A listener on the host must not count: the look is into the sandbox's own network namespace.
   const host = createServer().listen(0, '127.0.0.1');
   await once(host, 'listening');
   const hostPort = (host.address() as AddressInfo).port;
-  const server = 'import socket, time\ns = socket.socket()\ns.bind(("127.0.0.1", 8081))\ns.listen()\ntime.sleep(60)';
+  const server = [
+    'import socket, time',
+    'def listen(family, addr):',
+    '    s = socket.socket(family); s.bind(addr); s.listen(); return s',
+    'keep = [listen(socket.AF_INET, ("127.0.0.1", 8081)), listen(socket.AF_INET, ("0.0.0.0", 8084))]',
+    'keep += [listen(socket.AF_INET6, ("::", 8085)), listen(socket.AF_INET6, ("::1", 8086)), listen(socket.AF_INET6, ("::ffff:127.0.0.1", 8087))]',
+    // An established connection on 8089 whose listener is gone, and a UDP socket on 8090: neither is a TCP listener.
+    'l = listen(socket.AF_INET, ("127.0.0.1", 8089)); c = socket.create_connection(("127.0.0.1", 8089)); a, _ = l.accept(); l.close(); keep += [c, a]',
+    'u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 8090)); keep.append(u)',
+    'print("up", flush=True); time.sleep(60)',
+  ].join('\n');
   const sb = await rt.create({ template: 'listen', limits: LIMITS, main: { command: ['python3', '-c', server] } });
   const idle = await rt.create({ template: 'listen', limits: LIMITS });
   try {
-    // Bounded wait for the interpreter to start; nothing is asserted about how long it took.
-    let seen = false;
-    for (let i = 0; i < 500 && !seen; i++) {
-      seen = await sb.portListening!(8081);
-      if (!seen) await new Promise((r) => setTimeout(r, 20));
-    }
-    assert.equal(seen, true, 'port 8081 listening');
+    // Bounded wait for the interpreter to set up; nothing is asserted about how long it took.
+    for (let i = 0; i < 500 && !(await sb.mainLog()).includes('up'); i++) await new Promise((r) => setTimeout(r, 20));
+    assert.match(await sb.mainLog(), /up/, 'the server set up its sockets');
+    assert.equal(await sb.portListening!(8081), true, '127.0.0.1');
+    assert.equal(await sb.portListening!(8084), true, '0.0.0.0');
+    assert.equal(await sb.portListening!(8085), true, ':: (dual-stack)');
+    assert.equal(await sb.portListening!(8087), true, '::ffff:127.0.0.1');
+    assert.equal(await sb.portListening!(8086), false, '::1 only: a link dials 127.0.0.1');
+    assert.equal(await sb.portListening!(8089), false, 'an established connection is not a listener');
+    assert.equal(await sb.portListening!(8090), false, 'a UDP socket is not a TCP listener');
     assert.equal(await sb.portListening!(8082), false, 'no listener on 8082');
     assert.equal(await sb.portListening!(hostPort), false, "the host's listener is not the sandbox's");
     const ex = await sb.exec({ command: ['python3', '-c', 'import socket; socket.create_connection(("127.0.0.1", 8081)); print("ok")'], limits: { wallMs: 5000, cpuMs: 5000, memoryMb: 64, pids: 8, outputBytes: 100 } });
@@ -82,6 +95,7 @@ test('process: portListening sees the server listen inside the sandbox, and noth
     await idle.destroy();
     host.close();
   }
+  assert.equal(await sb.portListening!(8081), false, 'a destroyed sandbox listens on nothing');
 });
 
 test('process: an exec ends at its wall deadline even when its output pipe is held open by the sandbox\'s server', { timeout: 30000 }, async () => {

@@ -14,7 +14,6 @@ import { WorkQueue } from '../../src/runs/queue.js';
 import { KilnError } from '../../src/errors.js';
 import { forwardHeaders, hasBody, responseHeaders } from '../../src/proxy/proxy.js';
 import { Field, HeadIndex, HeadWriter, copyLines, fieldCodes, readHead } from '../../src/proxy/http1.js';
-import { tableListensOn } from '../../src/runtimes/listening.js';
 import { readyPollDelayMs } from '../../src/pools/warm.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kiln-unit-'));
@@ -290,24 +289,6 @@ test('proxy: a head rewritten by copying keeps exactly the lines not dropped, by
       assert.equal(out.done().toString('latin1'), `<${lines.filter((l) => !gone(l)).join('')}>`);
     }),
   );
-});
-
-test('listening: only a LISTEN socket on the port, at an address the bridge reaches', () => {
-  // Lines as the kernel writes them (addresses little-endian hex): 8080 = 1F90.
-  const tcp = [
-    '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode',
-    '   0: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000 65534        0 1 1 0 100 0 0 10 0',
-    '   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000 65534        0 2 1 0 20 4 30 10 -1',
-  ].join('\n');
-  assert.equal(tableListensOn(tcp, 8080), false, 'an established connection on 8080 is not a listener');
-  assert.equal(tableListensOn(tcp, 8081), true);
-  const listen = (addr: string) => `  sl  local_address\n   0: ${addr}:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 3 1`;
-  assert.equal(tableListensOn(listen('00000000'), 8080), true, '0.0.0.0');
-  assert.equal(tableListensOn(listen('0100007F'), 8080), true, '127.0.0.1');
-  assert.equal(tableListensOn(listen('00000000000000000000000000000000'), 8080), true, '::');
-  assert.equal(tableListensOn(listen('0000000000000000FFFF00000100007F'), 8080), true, '::ffff:127.0.0.1');
-  assert.equal(tableListensOn(listen('00000000000000000000000001000000'), 8080), false, '::1 only: the bridge dials 127.0.0.1');
-  assert.equal(tableListensOn('', 8080), false);
 });
 
 test('readiness polls: a tenth of the time so far, never under 2 ms nor over 25 ms', () => {

@@ -25,7 +25,6 @@ import { DEFAULT_LAUNCHER, enterArgv, launchArgv, LAUNCHER_ENV, LAUNCHER_ERROR_P
 import { launch, spawnProblem, type Launched } from './launch.js';
 import { buildSeccompFilter, filterDigest } from './seccomp.js';
 import { NetnsPorts, netnsProblem } from '../netns.js';
-import { portListening } from '../listening.js';
 import { decodeExit } from '../kernel.js';
 
 const run = promisify(execFile);
@@ -367,8 +366,13 @@ class ProcessSandbox implements Sandbox {
     this.burst = undefined;
   }
 
-  async portListening(port: number): Promise<boolean> {
-    return this.main !== undefined && portListening(this.main.nsPid, port);
+  async portListening(port: number): Promise<boolean | undefined> {
+    if (!this.ports) return false;
+    try {
+      return this.ports.listening(port);
+    } catch {
+      return undefined; // the kernel cannot say (no sock_diag): the caller probes through the link
+    }
   }
 
   async portLink(port: number): Promise<PortLink> {
