@@ -6,9 +6,12 @@
  *  (a) warm claim — `POST /v1/sessions` until the first proxied `GET <url>info`
  *      answers 200 — beside a cold start of the same template;
  *  (b) that cold start beside the same server started by bare bubblewrap and
- *      polled on loopback on kiln's readiness schedule (readyPollDelayMs);
- *  (c) requests/s and latency of `GET /info` through `/s/<token>/`, directly on
- *      the backend's unix socket, and through Debian's nginx `proxy_pass`.
+ *      polled on loopback on kiln's readiness schedule (readyPollDelayMs); and
+ *      a class arriving at an empty pool: several cold starts at once beside as
+ *      many bare bubblewrap starts at once, until the last one answers;
+ *  (c) requests/s and latency of `GET /info` through `/s/<token>/`, directly
+ *      inside the backend's network namespace, and through Debian's nginx
+ *      `proxy_pass`.
  *
  * Bounded in count and time; traffic only to loopback and to the sandboxes this
  * script makes. Missed targets are reported, never fatal.
@@ -54,6 +57,8 @@ interface Latencies {
   name: string;
   ms: number[];
   capped: boolean;
+  /** The series its ratios are taken against, and what to call it (default: the raw bwrap start; none for a baseline). */
+  against?: { series: Latencies; name: string };
 }
 
 interface LoadResult {
@@ -74,7 +79,9 @@ interface LoadResult {
 export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
   // Proxy load in `rounds` (direct, nginx, kiln, then the reverse), `loadS` per path in all: more, shorter rounds put the
   // machine's drift on all three paths alike (a p99 over a few seconds moves by a millisecond with the neighbours here).
-  const n = opts.quick ? { warm: 20, cold: 5, warmup: 1, loadS: 2, rounds: 2, warmLoadS: 1 } : { warm: 100, cold: 20, warmup: 2, loadS: 10, rounds: 5, warmLoadS: 2 };
+  const n = opts.quick
+    ? { warm: 20, cold: 5, burst: 5, bursts: 2, warmup: 1, loadS: 2, rounds: 2, warmLoadS: 1 }
+    : { warm: 100, cold: 20, burst: 10, bursts: 5, warmup: 2, loadS: 10, rounds: 5, warmLoadS: 2 };
   // Fixed counts, and an overall cap after which no series starts another call.
   const deadline = performance.now() + (opts.quick ? 3 : 10) * 60_000;
   const load0 = loadavg();
@@ -192,8 +199,45 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
       } finally {
         trace.restore();
       }
-      starts.push(raw, cold1, coldShipped, warm);
-      for (const s of [raw, cold1, coldShipped]) console.log(`  ${s.name}: p50 ${fmt(percentile(s.ms, 50))} ms, p99 ${fmt(percentile(s.ms, 99))} ms (n ${s.ms.length})`);
+      const printSeries = (s: Latencies) => console.log(`  ${s.name}: p50 ${fmt(percentile(s.ms, 50))} ms, p99 ${fmt(percentile(s.ms, 99))} ms (n ${s.ms.length})`);
+      for (const s of [raw, cold1, coldShipped]) printSeries(s);
+
+      // (b, a class arriving at an empty pool) `burst` cold starts at once against as many raw starts at once; each
+      // round is timed until the last of them answered. Rounds alternate which goes first.
+      console.log(`${n.burst} cold starts at once and ${n.burst} raw bwrap starts at once, alternating`);
+      const rawBurst: Latencies = { name: `${n.burst} raw bwrap starts at once → the last one's first 200`, ms: [], capped: false };
+      const coldBurst: Latencies = {
+        name: `${n.burst} kiln cold starts at once, ${TEMPLATE} with 1 CPU → the last one's first proxied 200`,
+        ms: [],
+        capped: false,
+        against: { series: rawBurst, name: `${n.burst} raw bwrap at once` },
+      };
+      const bursts: [Latencies, () => Promise<number>][] = [
+        [rawBurst, async () => Math.max(...(await Promise.all(Array.from({ length: n.burst }, () => rawStart(rawSysDirs)))))],
+        [
+          coldBurst,
+          async () => {
+            const claims = await Promise.all(Array.from({ length: n.burst }, () => claim(TEMPLATE_1CPU, COLD_ENV)));
+            await Promise.all(claims.map((c) => end(c.id)));
+            return Math.max(...claims.map((c) => c.ms));
+          },
+        ],
+      ];
+      for (let i = 0; i < n.warmup + n.bursts; i++) {
+        if (performance.now() > deadline) {
+          rawBurst.capped = coldBurst.capped = true;
+          break;
+        }
+        for (const [into, run] of i % 2 === 0 ? bursts : [...bursts].reverse()) {
+          await settled();
+          const ms = await run();
+          if (i >= n.warmup) into.ms.push(ms);
+        }
+      }
+
+      warm.against = { series: coldShipped, name: 'cold start as shipped' };
+      starts.push(raw, cold1, coldShipped, warm, rawBurst, coldBurst);
+      for (const s of [rawBurst, coldBurst]) printSeries(s);
 
       notes.push(
         `warm claim: POST /v1/sessions p50 ${fmt(percentile(warmPost, 50))} ms, then the first proxied GET p50 ${fmt(percentile(warmGet, 50))} ms ` +
@@ -206,6 +250,7 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
           `but no network namespace (so it can be polled on 127.0.0.1), no cgroup limits, no launcher, no seccomp filter; ` +
           `it polls GET / on kiln's readiness schedule (a tenth of the time since the start, 2 to 25 ms apart), then GET /info on the same connection`,
         `cold starts, raw starts interleaved round by round (order rotating), ${n.warmup} warm-up round(s) not counted`,
+        `${n.burst} at once (a class arriving at an empty pool): each round timed until the last start answered; kiln's and the raw rounds alternate, ${n.warmup} warm-up round(s) not counted`,
       );
       const ratioP50 = (a: Latencies, b: Latencies) => percentile(a.ms, 50) / percentile(b.ms, 50);
       targets.push(['warm claim p50', percentile(warm.ms, 50), ' ms', (v) => v < 10, '< 10 ms']);
@@ -323,8 +368,8 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
   if (starts.length) {
     console.log(`\nsessions benchmark (process runtime; ratio = p50 and p99 ÷ those of the baseline named)\n`);
     const raw = starts[0]!;
-    const coldShipped = starts[2]!;
-    const baselineOf = (s: Latencies) => (s === raw ? undefined : s === starts[3] ? coldShipped : raw);
+    const rawBurst = starts[4];
+    const baselineOf = (s: Latencies) => s.against?.series ?? (s === raw || s === rawBurst ? undefined : raw);
     console.log(
       table(
         ['series', 'n', 'p50 ms', 'p99 ms', 'p50 ratio', 'p99 ratio', 'against'],
@@ -337,7 +382,7 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
             fmt(percentile(s.ms, 99)),
             b ? `${(percentile(s.ms, 50) / percentile(b.ms, 50)).toFixed(2)}×` : 'baseline',
             b ? `${(percentile(s.ms, 99) / percentile(b.ms, 99)).toFixed(2)}×` : '',
-            b === raw ? 'raw bwrap' : b ? 'cold start as shipped' : '',
+            b === raw ? 'raw bwrap' : (s.against?.name ?? ''),
           ];
         }),
       ),
