@@ -105,6 +105,22 @@ static int reachable(const struct inet_diag_msg *m) {
   return a[0] == 0 && a[1] == 0 && (a[2] == 0 ? a[3] == 0 : a[2] == htonl(0xffff) && a[3] == htonl(INADDR_LOOPBACK));
 }
 
+/* Whether a whole message starts at h with `left` bytes read (NLMSG_OK, without its signed/unsigned mix). */
+static int message_ok(const struct nlmsghdr *h, size_t left) {
+  return left >= sizeof *h && h->nlmsg_len >= sizeof *h && h->nlmsg_len <= left;
+}
+
+/* The message after h; `left` becomes 0 when h was the last one read. */
+static struct nlmsghdr *next_message(struct nlmsghdr *h, size_t *left) {
+  size_t step = NLMSG_ALIGN(h->nlmsg_len);
+  if (step >= *left) {
+    *left = 0;
+    return h;
+  }
+  *left -= step;
+  return (struct nlmsghdr *)((char *)h + step);
+}
+
 /*
  * 1 if the namespace of sock_diag socket `nl` has a reachable TCP listener on
  * `port` in `family`, 0 if not, -errno on failure (-ENOENT: no such family here,
@@ -129,7 +145,8 @@ static int listens(int nl, int family, int port) {
       return -errno;
     }
     if (n == 0) return -EPROTO;
-    for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+    size_t left = (size_t)n;
+    for (struct nlmsghdr *h = (struct nlmsghdr *)buf; message_ok(h, left); h = next_message(h, &left)) {
       if (h->nlmsg_type == NLMSG_DONE) return found;
       if (h->nlmsg_type == NLMSG_ERROR) {
         const struct nlmsgerr *e = NLMSG_DATA(h);
