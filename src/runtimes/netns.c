@@ -10,11 +10,12 @@
  * sandbox with no network, with no bridge process in the data path.
  *
  * listening() asks the namespace's kernel whether a TCP socket listens on
- * the port, at an address a link reaches (0.0.0.0, 127.0.0.1, ::, or
- * ::ffff:127.0.0.1), over a sock_diag netlink socket made inside it. The
- * kernel answers from its table of listening sockets alone; /proc/<pid>/net/tcp
- * walks the whole established-connections hash, shared by every namespace
- * (262,144 buckets on a 24 GiB machine: about 1 ms per read, on kiln's loop).
+ * the port, at an address a link reaches (0.0.0.0, 127.0.0.1, :: unless
+ * IPV6_V6ONLY, or ::ffff:127.0.0.1), over a sock_diag netlink socket made
+ * inside it. The kernel answers from its table of listening sockets alone;
+ * /proc/<pid>/net/tcp walks the whole established-connections hash, shared
+ * by every namespace (262,144 buckets on a 24 GiB machine: about 1 ms per
+ * read, on kiln's loop).
  *
  * Only the network namespace of one thread changes, and only for a few
  * system calls; if the thread cannot return to its own namespace the process
@@ -28,6 +29,7 @@
 #include <fcntl.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -37,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 static napi_value throw_errno(napi_env env, const char *what, int err) {
@@ -97,12 +100,28 @@ static napi_value connect_in(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* How many sockets one look reads at most before it gives up (the caller then probes through a link). */
+#define MAX_LISTENERS 1024
+
+/* Whether an IPv6 listener was made IPV6_V6ONLY (the kernel sends INET_DIAG_SKV6ONLY for every AF_INET6 socket). */
+static int v6only(const struct nlmsghdr *h) {
+  const struct inet_diag_msg *m = NLMSG_DATA(h);
+  int len = (int)(h->nlmsg_len - NLMSG_LENGTH(sizeof *m));
+  for (const struct rtattr *a = (const struct rtattr *)(m + 1); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+    if (a->rta_type == INET_DIAG_SKV6ONLY && RTA_PAYLOAD(a) >= 1) return *(const uint8_t *)RTA_DATA(a) != 0;
+  }
+  return 0;
+}
+
 /* Whether a listening socket's local address is one a link (which dials 127.0.0.1) reaches. */
-static int reachable(const struct inet_diag_msg *m) {
+static int reachable(const struct nlmsghdr *h) {
+  const struct inet_diag_msg *m = NLMSG_DATA(h);
   const uint32_t *a = m->id.idiag_src;
   if (m->idiag_family == AF_INET) return a[0] == htonl(INADDR_ANY) || a[0] == htonl(INADDR_LOOPBACK);
-  /* :: (dual-stack unless IPV6_V6ONLY) and ::ffff:127.0.0.1; not ::1, which 127.0.0.1 does not reach */
-  return a[0] == 0 && a[1] == 0 && (a[2] == 0 ? a[3] == 0 : a[2] == htonl(0xffff) && a[3] == htonl(INADDR_LOOPBACK));
+  /* :: unless IPV6_V6ONLY, and ::ffff:127.0.0.1; not ::1, which 127.0.0.1 does not reach */
+  if (a[0] != 0 || a[1] != 0) return 0;
+  if (a[2] == 0 && a[3] == 0) return !v6only(h);
+  return a[2] == htonl(0xffff) && a[3] == htonl(INADDR_LOOPBACK);
 }
 
 /* Whether a whole message starts at h with `left` bytes read (NLMSG_OK, without its signed/unsigned mix). */
@@ -124,7 +143,7 @@ static struct nlmsghdr *next_message(struct nlmsghdr *h, size_t *left) {
 /*
  * 1 if the namespace of sock_diag socket `nl` has a reachable TCP listener on
  * `port` in `family`, 0 if not, -errno on failure (-ENOENT: no such family here,
- * as on a kernel without IPv6).
+ * as on a kernel without IPv6; -E2BIG: more than MAX_LISTENERS sockets on the port).
  */
 static int listens(int nl, int family, int port) {
   struct {
@@ -135,26 +154,33 @@ static int listens(int nl, int family, int port) {
     /* The kernel filters by source port, and walks only its listening sockets for a LISTEN-only request. */
     .req = { .sdiag_family = (uint8_t)family, .sdiag_protocol = IPPROTO_TCP, .idiag_states = 1 << TCP_LISTEN, .id = { .idiag_sport = htons((uint16_t)port) } },
   };
-  if (send(nl, &q, sizeof q, 0) != (ssize_t)sizeof q) return -errno;
-  long buf[2048]; /* 16 KiB, aligned for nlmsghdr */
-  int found = 0;
+  ssize_t sent = send(nl, &q, sizeof q, 0);
+  if (sent != (ssize_t)sizeof q) return sent < 0 ? -errno : -EPROTO;
+  long buf[2048]; /* 16 KiB (no less than the kernel's dump buffers), aligned for nlmsghdr */
+  int seen = 0;
   for (;;) {
     ssize_t n = recv(nl, buf, sizeof buf, 0);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return -errno;
+      return -errno; /* EAGAIN: the receive timeout passed */
     }
     if (n == 0) return -EPROTO;
     size_t left = (size_t)n;
     for (struct nlmsghdr *h = (struct nlmsghdr *)buf; message_ok(h, left); h = next_message(h, &left)) {
-      if (h->nlmsg_type == NLMSG_DONE) return found;
+      if (h->nlmsg_type == NLMSG_DONE) {
+        /* A dump that failed part-way says so here. */
+        int err = h->nlmsg_len >= NLMSG_LENGTH(sizeof(int)) ? *(const int *)NLMSG_DATA(h) : 0;
+        return err < 0 ? err : 0;
+      }
       if (h->nlmsg_type == NLMSG_ERROR) {
         const struct nlmsgerr *e = NLMSG_DATA(h);
         return h->nlmsg_len < NLMSG_LENGTH(sizeof *e) ? -EPROTO : e->error < 0 ? e->error : -EPROTO;
       }
       if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg))) continue;
       const struct inet_diag_msg *m = NLMSG_DATA(h);
-      if (m->idiag_state == TCP_LISTEN && ntohs(m->id.idiag_sport) == port && reachable(m)) found = 1;
+      /* Closing the socket mid-dump is fine: the first reachable listener settles it. */
+      if (m->idiag_state == TCP_LISTEN && ntohs(m->id.idiag_sport) == port && reachable(h)) return 1;
+      if (++seen > MAX_LISTENERS) return -E2BIG;
     }
   }
 }
@@ -170,6 +196,14 @@ static napi_value listening_in(napi_env env, napi_callback_info info) {
   int err = nl < 0 ? errno : 0;
   return_home(self);
   if (err != 0) return throw_errno(env, "sock_diag socket", err);
+  /* Only the kernel may answer, and never after more than a second (kiln's loop waits on this). */
+  struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+  struct timeval second = { .tv_sec = 1 };
+  if (connect(nl, (struct sockaddr *)&kernel, sizeof kernel) != 0 || setsockopt(nl, SOL_SOCKET, SO_RCVTIMEO, &second, sizeof second) != 0) {
+    err = errno;
+    close(nl);
+    return throw_errno(env, "sock_diag socket", err);
+  }
   int r = listens(nl, AF_INET, port);
   if (r == 0) {
     r = listens(nl, AF_INET6, port);

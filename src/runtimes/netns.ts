@@ -27,7 +27,10 @@ import { addonLoader } from './addon.js';
 /** Where scripts/setup builds the addon. */
 export const NETNS_ADDON = '/usr/local/lib/kiln/kiln-netns.node';
 
-const addon = addonLoader<{ connect(nsFd: number, port: number): number; listening(nsFd: number, port: number): boolean }>(NETNS_ADDON, 'the port link addon');
+const addon = addonLoader<{ connect(nsFd: number, port: number): number; listening(nsFd: number, port: number): boolean }>(NETNS_ADDON, 'the port link addon', [
+  'connect',
+  'listening',
+]);
 const loadAddon = addon.load;
 
 /** Why port links cannot work here, or undefined when they can (for `kiln doctor`). */

@@ -14,6 +14,7 @@ import { KilnError } from '../../src/errors.js';
 import { addonLoader } from '../../src/runtimes/addon.js';
 import { decodeExit } from '../../src/runtimes/kernel.js';
 import { launch, SPAWN_ADDON, spawnProblem, type Launched } from '../../src/runtimes/process/launch.js';
+import { netnsProblem } from '../../src/runtimes/netns.js';
 
 const ENV = { PATH: '/usr/bin:/bin' };
 
@@ -125,7 +126,7 @@ test('launch: 50 children at once all end, reaped, with every fd closed', async 
 });
 
 test('addons: a missing one is a 503 naming its path and scripts/setup, and doctor reads the same reason', () => {
-  const missing = addonLoader<object>('/nonexistent/kiln-x.node', 'the test addon');
+  const missing = addonLoader<object>('/nonexistent/kiln-x.node', 'the test addon', []);
   assert.throws(
     () => missing.load(),
     (e: unknown) => e instanceof KilnError && e.status === 503 && e.code === 'runtime_unavailable' && e.message === 'the test addon /nonexistent/kiln-x.node is missing: run scripts/setup, which builds it',
@@ -133,7 +134,8 @@ test('addons: a missing one is a 503 naming its path and scripts/setup, and doct
   assert.equal(missing.problem(), 'the test addon /nonexistent/kiln-x.node is missing: run scripts/setup, which builds it');
   // Both of kiln's are built by scripts/setup: CI fails here if it did not build them.
   assert.equal(spawnProblem(), undefined);
-  assert.equal(addonLoader<{ spawn: unknown }>(SPAWN_ADDON, 'the spawn addon').load().spawn instanceof Function, true);
+  assert.equal(addonLoader<{ spawn: unknown }>(SPAWN_ADDON, 'the spawn addon', ['spawn']).load().spawn instanceof Function, true);
+  assert.equal(netnsProblem(), undefined);
 });
 
 test('launch: a signal is named as node names it (SIGABRT, not its alias SIGIOT), and so is a bwrap status of 128 + N', async () => {
@@ -211,9 +213,16 @@ test('launch: only on the main thread (a worker\'s teardown would free what the 
 });
 
 test('addons: one that cannot be loaded (not an addon, or built for another node) is a 503 that says to rebuild it', () => {
-  const notAddon = addonLoader<object>('/etc/hostname', 'the test addon');
+  const notAddon = addonLoader<object>('/etc/hostname', 'the test addon', []);
   assert.throws(
     () => notAddon.load(),
     (e: unknown) => e instanceof KilnError && e.status === 503 && /^the test addon \/etc\/hostname cannot be loaded \(.+\): run scripts\/setup, which rebuilds it$/.test(e.message),
   );
+});
+
+test('addons: one built from an older source, without a function kiln needs, is a 503 that says to rebuild it', () => {
+  const old = addonLoader<{ spawn: unknown; fly: unknown }>(SPAWN_ADDON, 'the spawn addon', ['spawn', 'fly']);
+  const message = `the spawn addon ${SPAWN_ADDON} is out of date (no fly): run scripts/setup, which rebuilds it`;
+  assert.throws(() => old.load(), (e: unknown) => e instanceof KilnError && e.status === 503 && e.message === message);
+  assert.equal(old.problem(), message);
 });

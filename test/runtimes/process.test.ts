@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
@@ -6,6 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { ProcessRuntime } from '../../src/runtimes/process/driver.js';
+import { Cgroup, detectCgroupMode } from '../../src/runtimes/process/cgroups.js';
 import { DEFAULT_CONFIG } from '../../src/config/defaults.js';
 import type { SandboxLimits } from '../../src/runtimes/types.js';
 import { runtimeContract } from './contract.js';
@@ -67,6 +69,10 @@ test('process: portListening sees a TCP listener inside the sandbox at an addres
     '    s = socket.socket(family); s.bind(addr); s.listen(); return s',
     'keep = [listen(socket.AF_INET, ("127.0.0.1", 8081)), listen(socket.AF_INET, ("0.0.0.0", 8084))]',
     'keep += [listen(socket.AF_INET6, ("::", 8085)), listen(socket.AF_INET6, ("::1", 8086)), listen(socket.AF_INET6, ("::ffff:127.0.0.1", 8087))]',
+    'v6 = socket.socket(socket.AF_INET6); v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1); v6.bind(("::", 8091)); v6.listen(); keep.append(v6)',
+    // More listeners on one port than one read of the kernel's answer holds: none reachable on 8092, one on 8093.
+    'many = lambda port: [listen(socket.AF_INET, (f"127.0.{i // 250}.{2 + i % 250}", port)) for i in range(300)]',
+    'keep += many(8092) + many(8093) + [listen(socket.AF_INET, ("127.0.0.1", 8093))]',
     // An established connection on 8089 whose listener is gone, and a UDP socket on 8090: neither is a TCP listener.
     'l = listen(socket.AF_INET, ("127.0.0.1", 8089)); c = socket.create_connection(("127.0.0.1", 8089)); a, _ = l.accept(); l.close(); keep += [c, a]',
     'u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 8090)); keep.append(u)',
@@ -83,6 +89,9 @@ test('process: portListening sees a TCP listener inside the sandbox at an addres
     assert.equal(await sb.portListening!(8085), true, ':: (dual-stack)');
     assert.equal(await sb.portListening!(8087), true, '::ffff:127.0.0.1');
     assert.equal(await sb.portListening!(8086), false, '::1 only: a link dials 127.0.0.1');
+    assert.equal(await sb.portListening!(8091), false, ':: with IPV6_V6ONLY: 127.0.0.1 does not reach it');
+    assert.equal(await sb.portListening!(8092), false, '300 listeners, none where a link reaches');
+    assert.equal(await sb.portListening!(8093), true, 'the one reachable listener among 301');
     assert.equal(await sb.portListening!(8089), false, 'an established connection is not a listener');
     assert.equal(await sb.portListening!(8090), false, 'a UDP socket is not a TCP listener');
     assert.equal(await sb.portListening!(8082), false, 'no listener on 8082');
@@ -96,6 +105,46 @@ test('process: portListening sees a TCP listener inside the sandbox at an addres
     host.close();
   }
   assert.equal(await sb.portListening!(8081), false, 'a destroyed sandbox listens on nothing');
+});
+
+test('process: a kill seals the cgroup (pids.max 0) on cgroup v1, and the forks it refuses are not counted as the program\'s', async () => {
+  const mode = detectCgroupMode()!;
+  const cg = await Cgroup.create(mode, `kiln/${instanceId}/seal-test`, { memoryMb: 64, pids: 8, cpus: 0.5 });
+  try {
+    await cg.killAll(); // empty: on v1 this only seals it
+    // A shell joins the cgroup, then forks (a command substitution always does).
+    const joinThenFork = 'for f; do echo $$ > "$f"; done; x=$(echo forked); echo "[$x]"';
+    const r = spawnSync('/bin/sh', ['-c', joinThenFork, 'sh', ...cg.procsFiles()], { encoding: 'utf8' });
+    const eventsFile = mode === 'v2' ? join('/sys/fs/cgroup/kiln', instanceId, 'seal-test', 'pids.events') : join('/sys/fs/cgroup/pids/kiln', instanceId, 'seal-test', 'pids.events');
+    const refused = Number(/^max (\d+)$/m.exec(readFileSync(eventsFile, 'utf8'))?.[1]);
+    if (mode === 'v1') {
+      assert.doesNotMatch(r.stdout, /\[forked\]/, 'the fork was refused');
+      assert.ok(refused >= 1, `pids.events counted the refusal (${refused})`);
+    }
+    assert.equal((await cg.usage()).pidsMaxHits, 0, 'usage() reports the count from before the seal');
+  } finally {
+    await cg.remove();
+  }
+});
+
+test('process: a fork bomb that hit its pids limit before the kill still reports it', async () => {
+  const sb = await rt.create({ template: 'bomb', limits: LIMITS });
+  try {
+    const r = await sb.exec({ command: ['/bin/sh', '-c', 'b() { b | b & }; b; sleep 100'], limits: { wallMs: 2000, cpuMs: 10000, memoryMb: 128, pids: 32, outputBytes: 1 << 16 } });
+    assert.equal(r.killedBy, 'wall_timeout');
+    assert.equal(r.pidsLimitHit, true);
+  } finally {
+    await sb.destroy();
+  }
+});
+
+test('process: an exec still running when its sandbox is destroyed does not report the kill\'s refused forks as its own', async () => {
+  const sb = await rt.create({ template: 'busy', limits: LIMITS });
+  const running = sb.exec({ command: ['/bin/sh', '-c', 'echo go; while :; do /bin/true; done'], limits: { wallMs: 30000, cpuMs: 30000, memoryMb: 64, pids: 32, outputBytes: 1 << 16 } });
+  await new Promise((r) => setTimeout(r, 500));
+  await sb.destroy();
+  const r = await running;
+  assert.equal(r.pidsLimitHit, false);
 });
 
 test('process: an exec ends at its wall deadline even when its output pipe is held open by the sandbox\'s server', { timeout: 30000 }, async () => {

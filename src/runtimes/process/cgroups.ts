@@ -203,17 +203,18 @@ export class Cgroup {
    * Kill every process inside. v2 has cgroup.kill. Elsewhere the cgroup is
    * sealed first (pids.max 0: no fork succeeds from then on, so a fork bomb
    * cannot outrun the loop), then every pid gets SIGKILL until none is left.
-   * The seal is one cheap write; v1's freezer, the fallback where there is
-   * no pids controller, costs ~1 ms of kiln's loop per freeze or thaw on a VM
-   * (the kernel patches a static key each time the first cgroup freezes).
-   * A killed cgroup is only ever removed, never used again.
+   * The seal is one cheap write; v1's freezer, the fallback should the seal
+   * fail, costs ~1 ms of kiln's loop per freeze or thaw on a VM (the kernel
+   * patches a static key each time the first cgroup freezes). A killed
+   * cgroup is only ever removed, never used again.
    */
   async killAll(): Promise<void> {
     if (this.mode === 'v2' && (await tryWrite(join(ROOT, this.rel, 'cgroup.kill'), '1'))) return;
     const pidsDir = this.mode === 'v2' ? join(ROOT, this.rel) : this.dir('pids');
-    // Forks the seal refuses are not the program's: usage() reports the count from before it.
-    this.hitsBeforeSeal ??= readKey(join(pidsDir, 'pids.events'), 'max');
+    const hits = readKey(join(pidsDir, 'pids.events'), 'max');
     const sealed = await tryWrite(join(pidsDir, 'pids.max'), '0');
+    // Forks the seal refuses are not the program's: usage() reports the count from before it.
+    if (sealed) this.hitsBeforeSeal ??= hits;
     const freezer = !sealed && this.mode === 'v1' && existsSync(this.dir('freezer')) ? join(this.dir('freezer'), 'freezer.state') : undefined;
     for (let round = 0; round < 50; round++) {
       const pids = await this.pids();

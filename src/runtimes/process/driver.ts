@@ -286,6 +286,8 @@ class ProcessSandbox implements Sandbox {
   private codeHasRun = false;
   private destroyed = false;
   private readonly running = new Set<Promise<unknown>>();
+  /** The cgroups of execs still running (children of this sandbox's). */
+  private readonly execCgroups = new Set<Cgroup>();
   /** The main process (a session's server) and the host pid whose namespaces execs enter. */
   private main: { child: Launched; nsPid: number; log: CappedTail } | undefined;
   /** The main's cgroup while it runs with a start-up CPU cap above the sandbox's own. */
@@ -401,6 +403,11 @@ class ProcessSandbox implements Sandbox {
       pids: Math.min(limits.pids, lim.pids),
       cpus: lim.cpus,
     });
+    this.execCgroups.add(cg);
+    const removeCgroup = () => {
+      this.execCgroups.delete(cg);
+      return cg.remove();
+    };
     const cwd = req.cwd ? posix.resolve(WORK_DIR, req.cwd) : WORK_DIR;
     const env = { ...BASE_ENV, ...this.spec.env, ...req.env };
     const cpuSeconds = Math.ceil(limits.cpuMs / 1000) + 1;
@@ -409,7 +416,7 @@ class ProcessSandbox implements Sandbox {
       // Fail closed: an exec beside a server never runs without the filter.
       const missing = await helperProblem(helper, 'seccomp helper');
       if (missing) {
-        await cg.remove();
+        await removeCgroup();
         throw new KilnError('runtime_unavailable', `process runtime: ${missing}`, 503);
       }
     }
@@ -436,7 +443,7 @@ class ProcessSandbox implements Sandbox {
     try {
       child = launch(argv, LAUNCHER_ENV, { stdin: true });
     } catch (e) {
-      await cg.remove();
+      await removeCgroup();
       throw e;
     }
     let killedBy: ExecKill = null;
@@ -481,12 +488,14 @@ class ProcessSandbox implements Sandbox {
     clearInterval(cpuTimer);
 
     const usage = await cg.usage();
-    await cg.remove();
+    await removeCgroup();
     const head = stderr.toBuffer().subarray(0, 32).toString();
     const setupFailed =
       (exit.code === 125 && (head.startsWith(LAUNCHER_ERROR_PREFIX) || head.startsWith(HELPER_ERROR_PREFIX))) ||
       (this.main ? exit.code === 1 && head.startsWith('nsenter: ') : !status.includes('child-pid') || (exit.code === 1 && head.startsWith('bwrap: ')));
     if (killedBy === null && setupFailed) {
+      // Destroyed while the exec started: its launcher could not fork in the sealed cgroup.
+      if (this.destroyed) throw new KilnError('sandbox_gone', `sandbox ${this.id} was destroyed`, 410);
       // bwrap (or the launcher) failed before the command existed: our fault, not the program's.
       // (A program printing "bwrap: " and exiting 1 only turns its own run into an internal error.)
       throw new KilnError('sandbox_failed', `process runtime: sandbox setup failed: ${stderr.toBuffer().toString().trim().slice(0, 500)}`, 500);
@@ -554,6 +563,8 @@ class ProcessSandbox implements Sandbox {
     if (this.destroyed) return;
     this.destroyed = true;
     this.ports?.close();
+    // Each running exec's cgroup first: each then counts the forks its own program had refused before the kill.
+    await Promise.all([...this.execCgroups].map((cg) => cg.killAll()));
     await this.cgroup.killAll();
     await Promise.allSettled([...this.running]);
     await this.cgroup.remove();

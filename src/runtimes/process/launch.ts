@@ -25,7 +25,7 @@ interface Addon {
   spawn(file: string, argv: string[], env: string[], stdinPipe: boolean, onExit: (code: number | null, signal: number | null) => void): number[];
 }
 
-const addon = addonLoader<Addon>(SPAWN_ADDON, 'the spawn addon');
+const addon = addonLoader<Addon>(SPAWN_ADDON, 'the spawn addon', ['spawn']);
 const loadAddon = addon.load;
 
 /** Why sandboxes cannot be started here, or undefined when they can (for `kiln doctor`). */
