@@ -3,9 +3,9 @@
  *
  * A Node addon (plain N-API, no dependency) that opens a TCP connection to
  * 127.0.0.1:<port> inside another network namespace: the calling thread joins
- * the namespace open at nsFd (setns), makes a non-blocking socket and starts
- * the connect, then returns to its own namespace. A socket belongs to the
- * namespace it was made in, so the connection stays there; kiln wraps the fd
+ * the namespace open at nsFd (setns), makes a non-blocking socket, returns to
+ * its own namespace and starts the connect. A socket belongs to the namespace
+ * it was made in, so the connection stays there; kiln wraps the fd
  * in a net.Socket. This is how kiln reaches a session's server inside a
  * sandbox with no network, with no bridge process in the data path.
  *
@@ -17,8 +17,8 @@
  * by every namespace (262,144 buckets on a 24 GiB machine: about 1 ms per
  * read, on kiln's loop).
  *
- * Only the network namespace of one thread changes, and only for a few
- * system calls; if the thread cannot return to its own namespace the process
+ * Only the network namespace of one thread changes, and only for one
+ * socket() call; if the thread cannot return to its own namespace the process
  * aborts rather than go on inside the sandbox's.
  * scripts/setup builds it (gcc -shared against Node's headers).
  */
@@ -76,21 +76,38 @@ static void return_home(int self) {
   }
 }
 
+/*
+ * A socket made inside the network namespace at ns_fd: the calling thread
+ * joins it for the socket() call alone. A socket belongs to the namespace it
+ * was made in for good, so everything after (connect, send) happens from
+ * kiln's own. -1 after throwing.
+ */
+static int socket_in(napi_env env, int ns_fd, int domain, int type, int protocol) {
+  int self = self_ns();
+  if (self < 0) {
+    throw_errno(env, "open /proc/thread-self/ns/net", errno);
+    return -1;
+  }
+  if (setns(ns_fd, CLONE_NEWNET) != 0) {
+    throw_errno(env, "setns into the sandbox", errno);
+    return -1;
+  }
+  int s = socket(domain, type, protocol);
+  int err = errno;
+  return_home(self);
+  if (s < 0) throw_errno(env, "socket", err);
+  return s;
+}
+
 static napi_value connect_in(napi_env env, napi_callback_info info) {
   int32_t ns_fd, port;
   if (!ns_and_port(env, info, "connect(nsFd, port): an fd and a TCP port", &ns_fd, &port)) return NULL;
-  int self = self_ns();
-  if (self < 0) return throw_errno(env, "open /proc/thread-self/ns/net", errno);
-  if (setns(ns_fd, CLONE_NEWNET) != 0) return throw_errno(env, "setns into the sandbox", errno);
-  int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  int err = s < 0 ? errno : 0;
-  if (s >= 0) {
-    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr = { htonl(INADDR_LOOPBACK) } };
-    if (connect(s, (struct sockaddr *)&addr, sizeof addr) != 0 && errno != EINPROGRESS) err = errno;
-  }
-  return_home(self);
-  if (err != 0) {
-    if (s >= 0) close(s);
+  int s = socket_in(env, ns_fd, AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (s < 0) return NULL;
+  struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr = { htonl(INADDR_LOOPBACK) } };
+  if (connect(s, (struct sockaddr *)&addr, sizeof addr) != 0 && errno != EINPROGRESS) {
+    int err = errno;
+    close(s);
     return throw_errno(env, "connect", err);
   }
   int one = 1;
@@ -188,19 +205,14 @@ static int listens(int nl, int family, int port) {
 static napi_value listening_in(napi_env env, napi_callback_info info) {
   int32_t ns_fd, port;
   if (!ns_and_port(env, info, "listening(nsFd, port): an fd and a TCP port", &ns_fd, &port)) return NULL;
-  int self = self_ns();
-  if (self < 0) return throw_errno(env, "open /proc/thread-self/ns/net", errno);
   /* A netlink socket answers for the namespace it was made in. */
-  if (setns(ns_fd, CLONE_NEWNET) != 0) return throw_errno(env, "setns into the sandbox", errno);
-  int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-  int err = nl < 0 ? errno : 0;
-  return_home(self);
-  if (err != 0) return throw_errno(env, "sock_diag socket", err);
+  int nl = socket_in(env, ns_fd, AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (nl < 0) return NULL;
   /* Only the kernel may answer, and never after more than a second (kiln's loop waits on this). */
   struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
   struct timeval second = { .tv_sec = 1 };
   if (connect(nl, (struct sockaddr *)&kernel, sizeof kernel) != 0 || setsockopt(nl, SOL_SOCKET, SO_RCVTIMEO, &second, sizeof second) != 0) {
-    err = errno;
+    int err = errno;
     close(nl);
     return throw_errno(env, "sock_diag socket", err);
   }
