@@ -19,6 +19,7 @@ import { printRun } from './output.js';
 import { LOCAL } from '../auth/principal.js';
 import { authRequired } from '../api/auth.js';
 import { registerTokenCommands } from './tokens.js';
+import { wireProblem } from '../proxy/wire.js';
 
 interface ServerFlags {
   config?: string;
@@ -123,6 +124,8 @@ export function buildCli(): Command {
         process.stdout.write(`${c.ok ? 'ok  ' : 'FAIL'} ${c.runtime.padEnd(8)} ${c.detail}\n`);
         if (c.fix) process.stdout.write(`     fix: ${c.fix}\n`);
       }
+      const noWires = wireProblem();
+      process.stdout.write(noWires ? `warn proxy    ${noWires} (until then the proxy uses node's sockets: more CPU per request)\n` : 'ok   proxy    plain TCP read and written natively (kiln-wire addon)\n');
       const broken = new Set(checks.filter((c) => !c.ok).map((c) => c.runtime));
       for (const [name, t] of Object.entries(config.templates)) {
         if (broken.has(t.runtime)) process.stdout.write(`     template ${name} (runtime ${t.runtime}) will not start here\n`);

@@ -14,6 +14,7 @@
 import http from 'node:http';
 import type { Socket } from 'node:net';
 import type { PortLink } from '../runtimes/types.js';
+import { NativeWire, StreamWire, nativeWires, type Wire } from './wire.js';
 
 /** Idle connections kept per link; more are closed as they come back. */
 const MAX_IDLE = 64;
@@ -21,8 +22,8 @@ const MAX_IDLE = 64;
 interface Backend {
   link: PortLink;
   /** Every connection made for the link and not yet closed (idle, in use, held by a client's connection). */
-  live: Set<Socket>;
-  idle: Socket[];
+  live: Set<{ destroy(): void }>;
+  idle: Wire[];
   agent?: http.Agent;
 }
 
@@ -34,42 +35,51 @@ function backendOf(link: PortLink): Backend {
   return b;
 }
 
-/** An idle connection to the link's server if there is one (`reused`), else a new one. */
-export function takeBackend(link: PortLink): { socket: Socket; reused: boolean } {
+/** An idle connection to the link's server if there is one (`reused`), else a new one. Either reads nothing until resumed. */
+export function takeBackend(link: PortLink): { wire: Wire; reused: boolean } {
   const b = backendOf(link);
-  const socket = b.idle.pop();
-  if (socket) {
-    socket.removeListener('data', dropIdle).removeListener('close', dropIdle).removeListener('error', dropIdle);
-    return { socket, reused: true };
+  const wire = b.idle.pop();
+  if (wire) {
+    wire.pause();
+    return { wire, reused: true };
   }
-  return { socket: connectBackend(b), reused: false };
+  return { wire: connectWire(b), reused: false };
 }
 
-function connectBackend(b: Backend): Socket {
-  const socket = b.link.connect();
-  b.live.add(socket);
-  socket.once('close', () => b.live.delete(socket));
-  return socket;
+/** A new connection: a native wire when the link gives an fd (a network namespace's), else node's socket. */
+function connectWire(b: Backend): Wire {
+  let wire: Wire | undefined;
+  if (b.link.connectFd && nativeWires()) {
+    try {
+      const fd = b.link.connectFd();
+      wire = NativeWire.fromFd(fd);
+    } catch {
+      // Refused or gone: the socket below reports it as an error event, as for any link.
+    }
+  }
+  wire ??= new StreamWire(b.link.connect());
+  const w = wire;
+  b.live.add(w);
+  w.onClosed(() => b.live.delete(w));
+  return w;
 }
 
 /** A connection that finished an exchange cleanly and may carry another. */
-export function giveBackend(link: PortLink, socket: Socket): void {
+export function giveBackend(link: PortLink, wire: Wire): void {
   const b = backends.get(link.key);
-  if (!b || socket.destroyed || b.idle.length >= MAX_IDLE) {
-    socket.destroy();
+  if (!b || wire.closed || b.idle.length >= MAX_IDLE) {
+    wire.destroy();
     return;
   }
   // Idle: bytes the server sends now (or its close) end the connection.
-  socket.on('data', dropIdle).on('close', dropIdle).on('error', dropIdle);
-  b.idle.push(socket);
-}
-
-function dropIdle(this: Socket): void {
-  for (const b of backends.values()) {
-    const i = b.idle.indexOf(this);
+  const drop = () => {
+    const i = b.idle.indexOf(wire);
     if (i >= 0) b.idle.splice(i, 1);
-  }
-  this.destroy();
+    wire.destroy();
+  };
+  wire.handlers = { data: drop, end: drop, gone: drop, drain: () => undefined };
+  wire.resume();
+  b.idle.push(wire);
 }
 
 /** A node:http agent for the link, whose new connections are the link's (and counted as live). */
@@ -78,7 +88,12 @@ export function backendAgent(link: PortLink): http.Agent {
   if (!b.agent) {
     b.agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
     // The request's host and port mean nothing here: every connection goes through the link.
-    b.agent.createConnection = () => connectBackend(b);
+    b.agent.createConnection = () => {
+      const socket: Socket = b.link.connect();
+      b.live.add(socket);
+      socket.once('close', () => b.live.delete(socket));
+      return socket;
+    };
   }
   return b.agent;
 }
@@ -89,7 +104,7 @@ export function dropBackend(link: PortLink): void {
   if (!b) return;
   backends.delete(link.key);
   b.agent?.destroy();
-  for (const s of b.live) s.destroy();
+  for (const s of [...b.live]) s.destroy();
 }
 
 export function dropAllBackends(): void {

@@ -13,16 +13,15 @@ const probeHead = new HeadIndex();
 /** The status the server answers `GET path` with, or undefined if it does not answer in time or makes no sense. */
 export function getStatus(link: PortLink, path: string, timeoutMs: number): Promise<number | undefined> {
   return new Promise((resolve) => {
-    const { socket } = takeBackend(link);
+    const { wire } = takeBackend(link);
     let pending: Buffer | undefined;
     let status: number | undefined;
     let body: BodyFrame | undefined;
     let reusable = true;
     const finish = (result: number | undefined) => {
       clearTimeout(timer);
-      socket.removeListener('data', onData).removeListener('error', onGone).removeListener('close', onGone).removeListener('end', onGone);
-      if (result !== undefined && reusable && body?.done) giveBackend(link, socket);
-      else socket.on('error', () => undefined).destroy();
+      if (result !== undefined && reusable && body?.done) giveBackend(link, wire);
+      else wire.destroy();
       resolve(result);
     };
     const onGone = () => finish(body?.kind === 'close' ? status : undefined);
@@ -63,7 +62,8 @@ export function getStatus(link: PortLink, path: string, timeoutMs: number): Prom
       }
     };
     const timer = setTimeout(() => finish(undefined), timeoutMs);
-    socket.on('data', onData).on('error', onGone).on('close', onGone).on('end', onGone);
-    socket.write(`GET ${path} HTTP/1.1\r\nHost: localhost\r\n\r\n`, 'latin1');
+    wire.handlers = { data: onData, end: onGone, gone: onGone, drain: () => undefined };
+    wire.resume();
+    wire.write(Buffer.from(`GET ${path} HTTP/1.1\r\nHost: localhost\r\n\r\n`, 'latin1'));
   });
 }

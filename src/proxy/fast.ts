@@ -13,8 +13,12 @@
  *
  * One exchange at a time per connection: bytes a client sends ahead
  * (pipelining) wait, unread, until the response before them is done.
+ *
+ * Both sides are wires (./wire.ts): plain TCP connections are read and
+ * written by the kiln-wire addon, so a request costs JS one call per read.
  */
 import type net from 'node:net';
+import { NativeWire, StreamWire, type Wire, type WireHandlers } from './wire.js';
 import { BodyFrame, Field, FramingError, HOP_BY_HOP, HeadIndex, HeadWriter, SET_BY_PROXY, copyLines, fieldCodes, responseBody } from './http1.js';
 import { giveBackend, takeBackend } from './backends.js';
 import type { PortLink } from '../runtimes/types.js';
@@ -76,10 +80,9 @@ interface Exchange {
 /** A backend connection a client connection holds between its exchanges, listened to once (not per exchange). */
 interface Held {
   link: PortLink;
-  socket: net.Socket;
+  wire: Wire;
   /** Carried an exchange already (so a close before any answer may be a stale keep-alive). */
   used: boolean;
-  detach: () => void;
 }
 
 export class FastPath {
@@ -102,16 +105,26 @@ export class FastPath {
       this.handOff(socket);
       return;
     }
-    this.connections.add(new ClientConnection(socket, this));
+    const encrypted = (socket as { encrypted?: boolean }).encrypted === true;
+    const client = socket.remoteAddress ?? '';
+    // TLS stays with node's socket (the bytes on the wire are not HTTP).
+    const wire = (!encrypted && NativeWire.adopt(socket)) || new StreamWire(socket);
+    this.connections.add(new ClientConnection(wire, client, encrypted, this));
   }
 
   /** @internal */ route(method: string, target: string, cookie: string | undefined, navigate: boolean): FastRoute | undefined {
     return this.closing ? undefined : this.router.route(method, target, cookie, navigate);
   }
 
-  /** @internal */ release(c: ClientConnection, handOff: boolean): void {
+  /** @internal */ release(c: ClientConnection): void {
     this.connections.delete(c);
-    if (handOff) this.handOff(c.socket);
+  }
+
+  /** @internal a connection for node's server, its unread bytes put back */ giveToNode(socket: net.Socket, unread: Buffer | undefined): void {
+    socket.pause();
+    if (unread) socket.unshift(unread);
+    this.handOff(socket);
+    socket.resume();
   }
 
   private sweep(): void {
@@ -138,19 +151,15 @@ class ClientConnection {
   private since = performance.now();
   private closeAfter = false;
   private done = false;
-  private readonly client: string;
-  private readonly encrypted: boolean;
 
   constructor(
-    readonly socket: net.Socket,
+    private readonly wire: Wire,
+    private readonly client: string,
+    private readonly encrypted: boolean,
     private readonly path: FastPath,
   ) {
-    this.client = socket.remoteAddress ?? '';
-    this.encrypted = (socket as { encrypted?: boolean }).encrypted === true;
-    socket.on('data', this.onData);
-    socket.on('end', this.onEnd);
-    socket.on('error', this.onClose);
-    socket.on('close', this.onClose);
+    wire.handlers = { data: this.onData, end: this.onEnd, drain: this.onDrain, gone: this.onClose };
+    wire.resume();
   }
 
   private readonly onData = (chunk: Buffer): void => {
@@ -162,8 +171,14 @@ class ClientConnection {
     }
     if (!this.buffered) this.since = performance.now();
     this.buffered = this.buffered ? Buffer.concat([this.buffered, chunk]) : chunk;
-    if (x) this.socket.pause(); // pipelined: waits for the response before it
+    if (x) this.wire.pause(); // pipelined: waits for the response before it
     else this.next();
+  };
+
+  /** The client took what waited: a backend held back for it reads again. */
+  private readonly onDrain = (): void => {
+    const h = this.held;
+    if (h?.wire.paused && this.exchange?.backend === h) h.wire.resume();
   };
 
   private readonly onEnd = (): void => {
@@ -182,8 +197,8 @@ class ClientConnection {
       x.route.end();
     }
     this.dropHeld(true);
-    this.socket.destroy();
-    this.path.release(this, false);
+    this.wire.destroy();
+    this.path.release(this);
   };
 
   /** Start the next request in the buffer, if its head is all there. */
@@ -282,7 +297,7 @@ class ClientConnection {
     this.buffered = undefined;
     route.begin();
     backend.used = true;
-    backend.socket.write(head);
+    backend.wire.write(head);
     this.forwardBody(x, buf, h.length);
     return true;
   }
@@ -290,19 +305,23 @@ class ClientConnection {
   /** The held connection if it goes to `link`, else a pooled or new one (held from now on). */
   private hold(link: PortLink): Held {
     const held = this.held;
-    if (held && held.link.key === link.key && !held.socket.destroyed) return held;
+    if (held && held.link.key === link.key && !held.wire.closed) return held;
     this.dropHeld(true);
-    const { socket, reused } = takeBackend(link);
-    return (this.held = this.listen(link, socket, reused));
+    const { wire, reused } = takeBackend(link);
+    return (this.held = this.listen(link, wire, reused));
   }
 
-  private listen(link: PortLink, socket: net.Socket, used: boolean): Held {
-    const h: Held = { link, socket, used, detach: () => undefined };
-    const data = (chunk: Buffer) => this.onBackendData(h, chunk);
-    const end = () => this.onBackendEnd(h);
-    const gone = () => this.onBackendGone(h);
-    socket.on('data', data).on('end', end).on('error', gone).on('close', gone);
-    h.detach = () => socket.removeListener('data', data).removeListener('end', end).removeListener('error', gone).removeListener('close', gone);
+  private listen(link: PortLink, wire: Wire, used: boolean): Held {
+    const h: Held = { link, wire, used };
+    const handlers: WireHandlers = {
+      data: (chunk) => this.onBackendData(h, chunk),
+      end: () => this.onBackendEnd(h),
+      // The backend took what waited: a client held back for it reads again (unless it waits for the exchange to end).
+      drain: () => this.exchange?.backend === h && !this.buffered && this.wire.resume(),
+      gone: () => this.onBackendGone(h),
+    };
+    wire.handlers = handlers;
+    wire.resume();
     return h;
   }
 
@@ -311,9 +330,8 @@ class ClientConnection {
     const h = this.held;
     if (!h) return;
     this.held = undefined;
-    h.detach();
-    if (reuse && !h.socket.destroyed) giveBackend(h.link, h.socket);
-    else h.socket.on('error', () => undefined).destroy();
+    if (reuse && !h.wire.closed) giveBackend(h.link, h.wire);
+    else h.wire.destroy();
   }
 
   /** Bytes of the request at `from` onwards: the body's go to the backend; any after it wait for the next exchange. */
@@ -325,15 +343,12 @@ class ClientConnection {
       if (!(e instanceof FramingError)) throw e;
       return this.fail(x, BAD_REQUEST);
     }
-    if (n > 0 && !x.backend.socket.write(from === 0 && n === chunk.length ? chunk : chunk.subarray(from, from + n))) {
-      this.socket.pause();
-      x.backend.socket.once('drain', () => this.exchange === x && this.socket.resume());
-    }
+    if (n > 0 && !x.backend.wire.write(from === 0 && n === chunk.length ? chunk : chunk.subarray(from, from + n))) this.wire.pause();
     const rest = from + n;
     if (rest < chunk.length) {
       this.buffered = chunk.subarray(rest);
       this.since = performance.now();
-      this.socket.pause();
+      this.wire.pause();
     }
   }
 
@@ -403,7 +418,7 @@ class ClientConnection {
       out.text('\r\n');
       from += h.length;
       x.answered = true;
-      this.socket.write(out.done());
+      this.wire.write(out.done());
     }
   }
 
@@ -425,16 +440,10 @@ class ClientConnection {
       x.responseHead = undefined;
       x.answered = true;
       head.bytes(chunk, from, from + n);
-      ok = this.socket.write(head.done());
-    } else if (n > 0) ok = this.socket.write(n === chunk.length ? chunk : chunk.subarray(from, from + n));
-    if (!ok) this.waitForClient(x);
+      ok = this.wire.write(head.done());
+    } else if (n > 0) ok = this.wire.write(n === chunk.length ? chunk : chunk.subarray(from, from + n));
+    if (!ok) x.backend.wire.pause(); // until the client drains
     this.afterResponseBytes(x, chunk, from + n);
-  }
-
-  private waitForClient(x: Exchange): void {
-    const b = x.backend.socket;
-    b.pause();
-    this.socket.once('drain', () => b.resume());
   }
 
   private afterResponseBytes(x: Exchange, buf: Buffer, used: number): void {
@@ -459,10 +468,10 @@ class ClientConnection {
     if (!x || x.backend !== h) return;
     // A kept connection the server had closed while it was idle: once more on a new one, if nothing was lost.
     if (x.reused && x.responseBody === undefined && !x.answered && x.pending === undefined && x.requestBody.kind === 'none' && x.route.open()) {
-      const { socket } = takeBackend(x.route.link);
-      x.backend = this.held = this.listen(x.route.link, socket, true);
+      const { wire } = takeBackend(x.route.link);
+      x.backend = this.held = this.listen(x.route.link, wire, true);
       x.reused = false;
-      socket.write(x.head);
+      wire.write(x.head);
       return;
     }
     this.fail(x, BAD_GATEWAY);
@@ -475,9 +484,9 @@ class ClientConnection {
     this.dropHeld(false);
     x.route.end();
     this.done = true;
-    this.path.release(this, false);
-    if (reply !== undefined && !x.answered) this.socket.end(reply);
-    else this.socket.destroy();
+    this.path.release(this);
+    if (reply !== undefined && !x.answered) this.wire.end(Buffer.from(reply, 'latin1'));
+    else this.wire.destroy();
   }
 
   /** The response is all sent: keep or give back the backend connection, then go on with the next request. */
@@ -487,10 +496,10 @@ class ClientConnection {
     // Answered before the request's body was all read: the rest of that body is not worth reading.
     if (!x.requestBody.done) x.spent = this.closeAfter = true;
     if (x.spent) this.dropHeld(false);
-    else if (x.backend.socket.isPaused()) x.backend.socket.resume();
+    else if (x.backend.wire.paused) x.backend.wire.resume();
     if (this.closeAfter) return this.finish();
     this.since = performance.now();
-    this.socket.resume();
+    this.wire.resume();
     this.next();
   }
 
@@ -499,21 +508,18 @@ class ClientConnection {
     if (this.done) return;
     this.done = true;
     this.dropHeld(true);
-    this.socket.end();
-    this.path.release(this, false);
+    this.wire.end();
+    this.path.release(this);
   }
 
   /** Leave the connection to node's server, at a request boundary: it gets the unread bytes back. */
   private handOff(): void {
-    const s = this.socket;
     this.done = true;
     this.dropHeld(true);
-    s.removeListener('data', this.onData).removeListener('end', this.onEnd).removeListener('error', this.onClose).removeListener('close', this.onClose);
-    s.pause();
-    if (this.buffered) s.unshift(this.buffered);
+    const unread = this.buffered;
     this.buffered = undefined;
-    this.path.release(this, true);
-    s.resume();
+    this.path.release(this);
+    this.wire.toSocket((s) => this.path.giveToNode(s, unread));
   }
 
   /** Called by the sweep: close a connection idle past keep-alive, or sending a head too slowly. */
@@ -522,8 +528,8 @@ class ClientConnection {
     if (this.buffered ? headersMs > 0 && now - this.since > headersMs : keepAliveMs > 0 && now - this.since > keepAliveMs) {
       this.done = true;
       this.dropHeld(true);
-      this.socket.destroy();
-      this.path.release(this, false);
+      this.wire.destroy();
+      this.path.release(this);
     }
   }
 

@@ -54,7 +54,7 @@ export class NetnsPorts {
 
   link(port: number): PortLink {
     if (!Number.isInteger(port) || port < 1 || port > 65535) throw new KilnError('invalid_request', `port: ${port} is not a TCP port`, 400);
-    return { key: `${this.name}:${port}`, connect: () => this.connect(port), netnsPid: this.nsPid };
+    return { key: `${this.name}:${port}`, connect: () => this.connect(port), connectFd: () => this.connectFd(port), netnsPid: this.nsPid };
   }
 
   /**
@@ -67,10 +67,14 @@ export class NetnsPorts {
     return loadAddon().listening(this.nsFd, port);
   }
 
+  private connectFd(port: number): number {
+    if (this.nsFd === undefined) throw new Error('the sandbox is gone');
+    return loadAddon().connect(this.nsFd, port);
+  }
+
   private connect(port: number): net.Socket {
     try {
-      if (this.nsFd === undefined) throw new Error('the sandbox is gone');
-      const fd = loadAddon().connect(this.nsFd, port);
+      const fd = this.connectFd(port);
       return new net.Socket({ fd, readable: true, writable: true });
     } catch (e) {
       // As net.connect reports a refusal: an error event on the socket, not a throw.

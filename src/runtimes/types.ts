@@ -109,6 +109,8 @@ export interface PortLink {
   readonly key: string;
   /** A new connection to the port; failures arrive as its `error` event. */
   connect(): Socket;
+  /** A new connection's fd (connected or connecting), the caller's to close; throws when none can be made. Links that can give one. */
+  connectFd?(): number;
   /** Links into a network namespace: a host pid inside it, for tools that reach the port themselves (the benchmark's baselines). */
   readonly netnsPid?: number;
 }

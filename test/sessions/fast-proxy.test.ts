@@ -9,6 +9,7 @@ import net from 'node:net';
 import fc from 'fast-check';
 import { startTestKiln, testConfig, type TestKiln } from '../helpers.js';
 import { readHead, BodyFrame, FramingError } from '../../src/proxy/http1.js';
+import { nativeWires } from '../../src/proxy/wire.js';
 
 /** A raw HTTP/1.1 server (stdlib Python): each path is one way of framing a response. */
 const BACKEND = String.raw`
@@ -153,6 +154,11 @@ function bodies(raw: string): string[] {
   }
   return out;
 }
+
+// Native wires unless turned off (./fast-proxy-node-sockets.test.ts runs these tests again without them).
+test(`the fast path's connections are ${process.env.KILN_NATIVE_WIRES === '0' ? "node's sockets" : 'native wires'}`, () => {
+  assert.equal(nativeWires(), process.env.KILN_NATIVE_WIRES !== '0', 'scripts/setup builds the kiln-wire addon');
+});
 
 describe('proxy fast path', () => {
   let token = '';

@@ -1,0 +1,286 @@
+/**
+ * A wire: one connection as the proxy's fast path uses it (./fast.ts), with
+ * one set of handlers that is swapped whole, never listeners added and
+ * removed per exchange.
+ *
+ * - NativeWire: the socket read and written from C on Node's loop (the
+ *   kiln-wire addon, ./wire.c): per read one call into JS with the bytes, per
+ *   write one syscall. Plain TCP connections from clients, and connections
+ *   made through port links that give an fd (network namespaces).
+ * - StreamWire: a node:net socket (TLS clients, Docker's and gVisor's links,
+ *   or a machine without the addon).
+ *
+ * Both read nothing until resume().
+ */
+import net from 'node:net';
+import { addonLoader } from '../runtimes/addon.js';
+
+export interface WireHandlers {
+  data(chunk: Buffer): void;
+  /** The peer is done sending (writing may go on). */
+  end(): void;
+  /** Sent bytes that had to wait are all out. */
+  drain(): void;
+  /** The connection failed or was closed by the peer; nothing more comes. Not called after end()/destroy() here. */
+  gone(): void;
+}
+
+export interface Wire {
+  handlers: WireHandlers;
+  /** False when bytes wait to be sent (drain() follows). */
+  write(data: Buffer): boolean;
+  pause(): void;
+  resume(): void;
+  readonly paused: boolean;
+  /** Send what waits, then close (FIN). */
+  end(last?: Buffer): void;
+  destroy(): void;
+  /** Ended, destroyed or gone. */
+  readonly closed: boolean;
+  /** Called once when the wire is closed, however. */
+  onClosed(fn: () => void): void;
+  /** Give the connection to node:net (for node's HTTP server): once what waits is sent. */
+  toSocket(cb: (socket: net.Socket) => void): void;
+}
+
+const IGNORE: WireHandlers = { data() {}, end() {}, drain() {}, gone() {} };
+
+/** Where scripts/setup builds the addon. */
+export const WIRE_ADDON = '/usr/local/lib/kiln/kiln-wire.node';
+
+interface WireAddon {
+  init(onEvent: (id: number, kind: number, value: Buffer | number | undefined) => void): void;
+  adopt(fd: number, dup: boolean): number;
+  read(id: number, on: boolean): void;
+  write(id: number, data: Buffer): boolean;
+  end(id: number): void;
+  destroy(id: number): void;
+  release(id: number): number;
+}
+
+const EV_DATA = 1;
+const EV_END = 2;
+const EV_DRAIN = 3;
+const EV_GONE = 4;
+
+const loader = addonLoader<WireAddon>(WIRE_ADDON, 'the proxy wire addon', ['init', 'adopt', 'read', 'write', 'end', 'destroy', 'release']);
+
+/** Why native wires cannot be used here, or undefined when they can (for `kiln doctor`). */
+export const wireProblem = loader.problem;
+
+/** Wires by the addon's ids. */
+const native = new Map<number, NativeWire>();
+let addon: WireAddon | undefined;
+let tried = false;
+
+/** The addon, set up on first use; undefined when it cannot be loaded (the fast path then uses node:net). */
+function wireAddon(): WireAddon | undefined {
+  if (tried) return addon;
+  tried = true;
+  if (process.env.KILN_NATIVE_WIRES === '0') return undefined;
+  try {
+    const a = loader.load();
+    a.init(onEvent);
+    addon = a;
+  } catch {
+    addon = undefined;
+  }
+  return addon;
+}
+
+export function nativeWires(): boolean {
+  return wireAddon() !== undefined;
+}
+
+function onEvent(id: number, kind: number, value: Buffer | number | undefined): void {
+  const w = native.get(id);
+  if (!w) return;
+  switch (kind) {
+    case EV_DATA:
+      return w.handlers.data(value as Buffer);
+    case EV_END:
+      return w.handlers.end();
+    case EV_DRAIN:
+      return w.handlers.drain();
+    case EV_GONE: {
+      const h = w.handlers;
+      w.settle();
+      return h.gone();
+    }
+  }
+}
+
+export class NativeWire implements Wire {
+  handlers = IGNORE;
+  private reading = false;
+  private done = false;
+  private closers: (() => void)[] = [];
+  private afterDrain: (() => void) | undefined;
+
+  private constructor(
+    private readonly a: WireAddon,
+    private readonly id: number,
+  ) {
+    native.set(id, this);
+  }
+
+  /** A wire owning `fd` (a connected or connecting TCP socket); undefined without the addon (the caller still owns fd). */
+  static fromFd(fd: number): NativeWire | undefined {
+    const a = wireAddon();
+    return a ? new NativeWire(a, a.adopt(fd, false)) : undefined;
+  }
+
+  /** The connection of a node:net socket that has not been read from, which is destroyed; undefined if it cannot be. */
+  static adopt(socket: net.Socket): NativeWire | undefined {
+    const a = wireAddon();
+    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (!a || fd === undefined || fd < 0) return undefined;
+    const w = new NativeWire(a, a.adopt(fd, true));
+    socket.destroy();
+    return w;
+  }
+
+  get paused(): boolean {
+    return !this.reading;
+  }
+
+  get closed(): boolean {
+    return this.done;
+  }
+
+  write(data: Buffer): boolean {
+    return this.done ? false : this.a.write(this.id, data);
+  }
+
+  pause(): void {
+    if (!this.reading || this.done) return;
+    this.reading = false;
+    this.a.read(this.id, false);
+  }
+
+  resume(): void {
+    if (this.reading || this.done) return;
+    this.reading = true;
+    this.a.read(this.id, true);
+  }
+
+  end(last?: Buffer): void {
+    if (this.done) return;
+    if (last) this.a.write(this.id, last);
+    this.a.end(this.id);
+    this.settle();
+  }
+
+  destroy(): void {
+    if (this.done) return;
+    this.a.destroy(this.id);
+    this.settle();
+  }
+
+  onClosed(fn: () => void): void {
+    if (this.done) fn();
+    else this.closers.push(fn);
+  }
+
+  toSocket(cb: (socket: net.Socket) => void): void {
+    if (this.done) throw new Error('toSocket: the wire is closed');
+    this.pause();
+    // Bytes of an earlier response may still wait: the hand-over waits for them.
+    const give = () => {
+      const fd = this.a.release(this.id);
+      this.settle();
+      cb(new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true }));
+    };
+    this.handlers = { ...IGNORE, gone: () => undefined, drain: give };
+    if (this.a.write(this.id, Buffer.alloc(0))) give();
+  }
+
+  /** @internal the wire is closed: no more events. */
+  settle(): void {
+    if (this.done) return;
+    this.done = true;
+    native.delete(this.id);
+    this.handlers = IGNORE;
+    for (const fn of this.closers.splice(0)) fn();
+  }
+}
+
+export class StreamWire implements Wire {
+  handlers = IGNORE;
+  private done = false;
+  private readonly closers: (() => void)[] = [];
+  private readonly onData = (chunk: Buffer) => this.handlers.data(chunk);
+  private readonly onEnd = () => this.handlers.end();
+  private readonly onDrain = () => this.handlers.drain();
+  private readonly onGone = () => {
+    if (this.done) return;
+    const h = this.handlers;
+    this.settle(true);
+    h.gone();
+  };
+
+  constructor(readonly socket: net.Socket) {
+    socket.pause();
+    socket.on('data', this.onData).on('end', this.onEnd).on('drain', this.onDrain).on('error', this.onGone).on('close', this.onGone);
+  }
+
+  get paused(): boolean {
+    return this.socket.isPaused();
+  }
+
+  get closed(): boolean {
+    return this.done;
+  }
+
+  write(data: Buffer): boolean {
+    return this.done ? false : this.socket.write(data);
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    if (!this.done) this.socket.resume();
+  }
+
+  end(last?: Buffer): void {
+    if (this.done) return;
+    this.settle(true);
+    const s = this.socket;
+    if (last) s.end(last);
+    else s.end();
+    s.resume(); // read (and drop) to the peer's FIN, which closes the socket
+
+  }
+
+  destroy(): void {
+    if (this.done) return;
+    this.settle(true);
+    this.socket.destroy();
+  }
+
+  onClosed(fn: () => void): void {
+    if (this.done) fn();
+    else this.closers.push(fn);
+  }
+
+  toSocket(cb: (socket: net.Socket) => void): void {
+    const s = this.socket;
+    s.pause();
+    this.settle(false);
+    cb(s);
+  }
+
+  /** No more events; `quiet`: errors from now on are dropped (the socket is not handed on). */
+  private settle(quiet: boolean): void {
+    if (this.done) return;
+    this.done = true;
+    this.handlers = IGNORE;
+    const s = this.socket;
+    s.removeListener('data', this.onData).removeListener('end', this.onEnd).removeListener('drain', this.onDrain);
+    s.removeListener('error', this.onGone).removeListener('close', this.onGone);
+    if (quiet) s.on('error', () => undefined);
+    for (const fn of this.closers.splice(0)) fn();
+  }
+}
