@@ -21,8 +21,8 @@ const MAX_IDLE = 64;
 
 interface Backend {
   link: PortLink;
-  /** Every connection made for the link and not yet closed (idle, in use, held by a client's connection). */
-  live: Set<{ destroy(): void }>;
+  /** Every connection made for the link and not yet closed (idle, in use, held by a client's connection), and how to cut it. */
+  live: Map<object, () => void>;
   idle: Wire[];
   agent?: http.Agent;
 }
@@ -31,7 +31,7 @@ const backends = new Map<string, Backend>();
 
 function backendOf(link: PortLink): Backend {
   let b = backends.get(link.key);
-  if (!b) backends.set(link.key, (b = { link, live: new Set(), idle: [] }));
+  if (!b) backends.set(link.key, (b = { link, live: new Map(), idle: [] }));
   return b;
 }
 
@@ -59,7 +59,8 @@ function connectWire(b: Backend): Wire {
   }
   wire ??= new StreamWire(b.link.connect());
   const w = wire;
-  b.live.add(w);
+  // Cut, not destroyed: an exchange on it fails (the client gets a 502 or a closed connection) instead of waiting forever.
+  b.live.set(w, () => w.cut());
   w.onClosed(() => b.live.delete(w));
   return w;
 }
@@ -90,7 +91,7 @@ export function backendAgent(link: PortLink): http.Agent {
     // The request's host and port mean nothing here: every connection goes through the link.
     b.agent.createConnection = () => {
       const socket: Socket = b.link.connect();
-      b.live.add(socket);
+      b.live.set(socket, () => socket.destroy());
       socket.once('close', () => b.live.delete(socket));
       return socket;
     };
@@ -104,7 +105,7 @@ export function dropBackend(link: PortLink): void {
   if (!b) return;
   backends.delete(link.key);
   b.agent?.destroy();
-  for (const s of [...b.live]) s.destroy();
+  for (const cut of [...b.live.values()]) cut();
 }
 
 export function dropAllBackends(): void {

@@ -35,6 +35,8 @@ export interface Wire {
   /** Send what waits, then close (FIN). */
   end(last?: Buffer): void;
   destroy(): void;
+  /** Close now, as a failure seen from the other end: gone() follows (on the next tick), unlike destroy(). */
+  cut(): void;
   /** Ended, destroyed or gone. */
   readonly closed: boolean;
   /** Called once when the wire is closed, however. */
@@ -110,6 +112,13 @@ function onEvent(id: number, kind: number, value: Buffer | number | undefined): 
   }
 }
 
+function cutWire(w: Wire): void {
+  if (w.closed) return;
+  const h = w.handlers;
+  w.destroy();
+  process.nextTick(() => h.gone());
+}
+
 export class NativeWire implements Wire {
   handlers = IGNORE;
   private reading = false;
@@ -175,6 +184,10 @@ export class NativeWire implements Wire {
     if (this.done) return;
     this.a.destroy(this.id);
     this.settle();
+  }
+
+  cut(): void {
+    cutWire(this);
   }
 
   onClosed(fn: () => void): void {
@@ -258,6 +271,10 @@ export class StreamWire implements Wire {
     if (this.done) return;
     this.settle(true);
     this.socket.destroy();
+  }
+
+  cut(): void {
+    cutWire(this);
   }
 
   onClosed(fn: () => void): void {

@@ -86,6 +86,9 @@ def serve(c):
             time.sleep(0.3)
             c.sendall(b'5\r\nhello\r\n0\r\n\r\n')
             continue
+        if path == '/hang':
+            time.sleep(60)
+            continue
         if path == '/bad':
             c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok')
             continue
@@ -163,6 +166,7 @@ test(`the fast path's connections are ${process.env.KILN_NATIVE_WIRES === '0' ? 
 describe('proxy fast path', () => {
   let token = '';
   let prefix = '';
+  let id = '';
   before(async () => {
     const c = testConfig({ budget: { cpuTotal: 64, memoryTotalMb: 64 * 1024 } });
     c.templates['raw'] = { runtime: 'process', command: ['python3', '-c', BACKEND], port: 8080, ready: { tcp: true }, idleTimeoutS: 600, maxDurationS: 3600, pool: { min: 0, max: 4 }, limits: { cpus: 0.5, memoryMb: 128, pids: 64 } };
@@ -171,6 +175,7 @@ describe('proxy fast path', () => {
     const res = await fetch(`http://127.0.0.1:${port}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ template: 'raw' }) });
     const s = (await res.json()) as { id: string; token: string };
     token = s.token;
+    id = s.id;
     prefix = `/s/${token}`;
     for (let i = 0; i < 200 && t.kiln.sessions.byIdLookup(s.id)?.status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 50));
     assert.equal(t.kiln.sessions.byIdLookup(s.id)?.status, 'ready');
@@ -306,6 +311,17 @@ describe('proxy fast path', () => {
     const before = t.kiln.proxy.stats.requests;
     await exchange(`GET ${prefix}/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n`);
     assert.equal(t.kiln.proxy.stats.requests, before + 1);
+    assert.equal(t.kiln.proxy.stats.openSockets, 0);
+  });
+
+  // Last: it ends the session.
+  test('a request waiting on a session that ends gets a 502, not a wait without end', async () => {
+    const waiting = exchange(`GET ${prefix}/hang HTTP/1.1\r\nHost: h\r\n\r\n`);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(t.kiln.proxy.stats.openSockets, 1);
+    const res = await fetch(`http://127.0.0.1:${port}/v1/sessions/${id}`, { method: 'DELETE' });
+    assert.ok(res.ok, `DELETE: ${res.status}`);
+    assert.match(await waiting, /^HTTP\/1\.1 502 /);
     assert.equal(t.kiln.proxy.stats.openSockets, 0);
   });
 });

@@ -110,29 +110,38 @@ test('a peer that does not read: write says so, the bytes wait in the wire, all 
   wire.destroy();
 });
 
-test('end sends what waits, then FIN, without a reset even when the peer sent bytes that were never read', async () => {
-  const { wire, peer } = await pair();
-  record(wire);
-  // The peer's bytes sit unread in the wire's socket: closing it outright would answer with a reset,
-  // and a reset throws away what the peer had not read yet (the reply).
-  peer.write(randomBytes(64 << 10));
-  await new Promise((r) => setTimeout(r, 50));
-  peer.pause();
-  const reply = randomBytes(4 << 20);
-  wire.end(reply);
-  assert.equal(wire.closed, true);
-  await new Promise((r) => setTimeout(r, 100));
-  const chunks: Buffer[] = [];
-  let error: Error | undefined;
-  peer.on('data', (c: Buffer) => chunks.push(c));
-  peer.on('error', (e) => (error = e));
-  const ended = new Promise((ok) => peer.once('end', ok));
-  peer.resume();
-  await ended;
-  assert.equal(error, undefined);
-  assert.ok(Buffer.concat(chunks).equals(reply), 'the whole reply arrived');
-  peer.end(); // the wire was waiting for this to close its socket
-});
+for (const [what, size] of [
+  ['a reply the socket takes at once', 1000],
+  ['a reply that must wait in the wire', 4 << 20],
+] as const) {
+  test(`end sends what waits, then FIN, without a reset even when the peer sent bytes that were never read: ${what}`, { timeout: 30_000 }, async () => {
+    const { wire, peer } = await pair();
+    record(wire);
+    // The peer's bytes sit unread in the wire's socket: closing it outright would answer with a reset,
+    // and a reset throws away what the peer had not read yet (the reply).
+    peer.write(randomBytes(64 << 10));
+    await new Promise((r) => setTimeout(r, 50));
+    peer.pause();
+    const reply = randomBytes(size);
+    wire.end(reply);
+    assert.equal(wire.closed, true);
+    const chunks: Buffer[] = [];
+    let error: Error | undefined;
+    peer.on('error', (e) => (error = e));
+    const ended = new Promise((ok) => (peer.once('end', ok), peer.once('close', ok)));
+    // A client that goes on sending (a pipelined request) meets no reset either.
+    for (let i = 0; i < 5; i++) {
+      peer.write(randomBytes(1000));
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    peer.on('data', (c: Buffer) => chunks.push(c));
+    peer.resume();
+    await ended;
+    assert.equal(error, undefined);
+    assert.ok(Buffer.concat(chunks).equals(reply), 'the whole reply arrived');
+    peer.end(); // the wire was waiting for this to close its socket
+  });
+}
 
 test('a reset by the peer is reported once, as gone', async () => {
   const { wire, peer } = await pair();
