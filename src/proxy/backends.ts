@@ -12,7 +12,7 @@
  *   or idle.
  */
 import http from 'node:http';
-import type { Socket } from 'node:net';
+import net, { type Socket } from 'node:net';
 import type { PortLink } from '../runtimes/types.js';
 import { NativeWire, StreamWire, nativeWires, type Wire } from './wire.js';
 
@@ -48,21 +48,25 @@ export function takeBackend(link: PortLink): { wire: Wire; reused: boolean } {
 
 /** A new connection: a native wire when the link gives an fd (a network namespace's), else node's socket. */
 function connectWire(b: Backend): Wire {
-  let wire: Wire | undefined;
-  if (b.link.connectFd && nativeWires()) {
-    try {
-      const fd = b.link.connectFd();
-      wire = NativeWire.fromFd(fd);
-    } catch {
-      // Refused or gone: the socket below reports it as an error event, as for any link.
-    }
-  }
-  wire ??= new StreamWire(b.link.connect());
-  const w = wire;
+  const w = newWire(b.link);
   // Cut, not destroyed: an exchange on it fails (the client gets a 502 or a closed connection) instead of waiting forever.
   b.live.set(w, () => w.cut());
   w.onClosed(() => b.live.delete(w));
   return w;
+}
+
+function newWire(link: PortLink): Wire {
+  if (!link.connectFd || !nativeWires()) return new StreamWire(link.connect());
+  let fd: number;
+  try {
+    fd = link.connectFd();
+  } catch (e) {
+    // Refused or gone: an error event, as from any link (and not a second try through connect()).
+    const failed = new net.Socket();
+    process.nextTick(() => failed.destroy(e as Error));
+    return new StreamWire(failed);
+  }
+  return NativeWire.fromFd(fd) ?? new StreamWire(new net.Socket({ fd, readable: true, writable: true }));
 }
 
 /** A connection that finished an exchange cleanly and may carry another. */

@@ -5,6 +5,7 @@
  */
 import type { PortLink } from '../runtimes/types.js';
 import { giveBackend, takeBackend } from './backends.js';
+import { keep } from './wire.js';
 import { type BodyFrame, Field, HeadIndex, responseBody } from './http1.js';
 
 /** Read and used within one synchronous step, so one serves every probe. */
@@ -32,12 +33,12 @@ export function getStatus(link: PortLink, path: string, timeoutMs: number): Prom
           const buf = pending ? Buffer.concat([pending, chunk]) : chunk;
           const head = probeHead;
           const read = head.read(buf);
-          if (read === 'more') return void (pending = buf);
+          if (read === 'more') return void (pending = keep(buf));
           const code = read === 'ok' ? head.status() : 0;
           if (code === 0) return finish(undefined);
           if (code < 200) {
             // An interim answer: the final one follows.
-            pending = buf.subarray(head.length);
+            pending = keep(buf.subarray(head.length));
             return pending.length ? onData(Buffer.alloc(0)) : undefined;
           }
           status = code;

@@ -18,7 +18,7 @@
  * written by the kiln-wire addon, so a request costs JS one call per read.
  */
 import type net from 'node:net';
-import { NativeWire, StreamWire, type Wire, type WireHandlers } from './wire.js';
+import { NativeWire, StreamWire, keep, type Wire, type WireHandlers } from './wire.js';
 import { BodyFrame, Field, FramingError, HOP_BY_HOP, HeadIndex, HeadWriter, SET_BY_PROXY, copyLines, fieldCodes, responseBody } from './http1.js';
 import { giveBackend, takeBackend } from './backends.js';
 import type { PortLink } from '../runtimes/types.js';
@@ -87,8 +87,13 @@ interface Held {
 
 export class FastPath {
   private readonly connections = new Set<ClientConnection>();
+  /** Connections on their way to node's server, since when: waiting until the client has taken the bytes sent before. */
+  private readonly handingOver = new Map<Wire, number>();
+  /** Native connections given to node's server: node:net did not accept them, so its close() does not wait for them. */
+  private readonly handedOver = new Set<net.Socket>();
   private readonly sweeper: NodeJS.Timeout;
   private closing = false;
+  private whenDrained: (() => void)[] = [];
 
   constructor(
     private readonly router: FastRouter,
@@ -118,26 +123,58 @@ export class FastPath {
 
   /** @internal */ release(c: ClientConnection): void {
     this.connections.delete(c);
+    this.checkDrained();
   }
 
-  /** @internal a connection for node's server, its unread bytes put back */ giveToNode(socket: net.Socket, unread: Buffer | undefined): void {
-    socket.pause();
-    if (unread) socket.unshift(unread);
-    this.handOff(socket);
-    socket.resume();
+  /** @internal the connection of `wire` goes to node's server, with the bytes read and not used. */ handOver(wire: Wire, unread: Buffer | undefined): void {
+    this.handingOver.set(wire, performance.now());
+    wire.onClosed(() => {
+      this.handingOver.delete(wire);
+      this.checkDrained();
+    });
+    wire.toSocket((socket) => {
+      if (wire instanceof NativeWire) {
+        this.handedOver.add(socket);
+        socket.once('close', () => {
+          this.handedOver.delete(socket);
+          this.checkDrained();
+        });
+      }
+      socket.pause();
+      if (unread) socket.unshift(unread);
+      this.handOff(socket);
+      socket.resume();
+    });
   }
 
   private sweep(): void {
     const { keepAliveMs, headersMs } = this.limits();
     const now = performance.now();
     for (const c of this.connections) c.expire(now, keepAliveMs, headersMs);
+    // A client that does not take what was sent before its next request: its hand-over does not wait for ever.
+    const limit = headersMs > 0 ? headersMs : 60_000;
+    for (const [wire, since] of this.handingOver) if (now - since > limit) wire.destroy();
+  }
+
+  /** Resolves once every connection the fast path accepted is closed or node's (after close()). */
+  drained(): Promise<void> {
+    return new Promise((resolve) => {
+      this.whenDrained.push(resolve);
+      this.checkDrained();
+    });
+  }
+
+  private checkDrained(): void {
+    if (!this.closing || this.connections.size + this.handingOver.size + this.handedOver.size > 0) return;
+    clearInterval(this.sweeper);
+    for (const resolve of this.whenDrained.splice(0)) resolve();
   }
 
   /** The server is closing: idle connections close now, busy ones after their exchange. */
   close(): void {
     this.closing = true;
-    clearInterval(this.sweeper);
     for (const c of this.connections) c.closeWhenIdle();
+    this.checkDrained();
   }
 }
 
@@ -170,7 +207,7 @@ class ClientConnection {
       return;
     }
     if (!this.buffered) this.since = performance.now();
-    this.buffered = this.buffered ? Buffer.concat([this.buffered, chunk]) : chunk;
+    this.buffered = this.buffered ? Buffer.concat([this.buffered, chunk]) : keep(chunk);
     if (x) this.wire.pause(); // pipelined: waits for the response before it
     else this.next();
   };
@@ -346,7 +383,7 @@ class ClientConnection {
     if (n > 0 && !x.backend.wire.write(from === 0 && n === chunk.length ? chunk : chunk.subarray(from, from + n))) this.wire.pause();
     const rest = from + n;
     if (rest < chunk.length) {
-      this.buffered = chunk.subarray(rest);
+      this.buffered = keep(chunk.subarray(rest));
       this.since = performance.now();
       this.wire.pause();
     }
@@ -369,7 +406,7 @@ class ClientConnection {
       const data = from === 0 ? buf : buf.subarray(from);
       const read = h.read(data);
       if (read === 'more') {
-        if (data.length > 0) x.pending = data;
+        if (data.length > 0) x.pending = keep(data);
         return;
       }
       const status = read === 'ok' ? h.status() : 0;
@@ -485,7 +522,7 @@ class ClientConnection {
     x.route.end();
     this.done = true;
     this.path.release(this);
-    if (reply !== undefined && !x.answered) this.wire.end(Buffer.from(reply, 'latin1'));
+    if (reply !== undefined && !x.answered) this.wire.end(Buffer.from(reply));
     else this.wire.destroy();
   }
 
@@ -518,8 +555,8 @@ class ClientConnection {
     this.dropHeld(true);
     const unread = this.buffered;
     this.buffered = undefined;
+    this.path.handOver(this.wire, unread);
     this.path.release(this);
-    this.wire.toSocket((s) => this.path.giveToNode(s, unread));
   }
 
   /** Called by the sweep: close a connection idle past keep-alive, or sending a head too slowly. */

@@ -201,11 +201,12 @@ export class SessionProxy implements FastRouter {
     const fast = new FastPath(this, (s) => nodeListener.call(server, s), () => ({ keepAliveMs: server.keepAliveTimeout, headersMs: server.headersTimeout }));
     this.fastPaths.push(fast);
     server.on(event, (s: net.Socket) => fast.accept(s));
-    // Closing the server waits for every connection: the fast path's idle ones close now.
+    // Closing the server waits for every connection: the fast path's idle ones close now, and its native ones
+    // (which node:net does not count) are waited for too.
     const close = server.close.bind(server);
     server.close = ((cb?: (err?: Error) => void) => {
       fast.close();
-      return close(cb);
+      return close((err?: Error) => void fast.drained().then(() => cb?.(err)));
     }) as typeof server.close;
   }
 

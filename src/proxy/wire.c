@@ -2,7 +2,8 @@
  * kiln-wire.node: sockets read and written from C on Node's own event loop,
  * for the proxy's fast path (./wire.ts).
  *
- *   init(onEvent)          onEvent(id, kind, value) is called for every event
+ *   init(onEvent, buffer)  onEvent(id, kind, value) is called for every event;
+ *                          reads land in buffer (JS's, kept alive here)
  *   adopt(fd, dup) -> id   a connected (or connecting) TCP socket; dup: take
  *                          a duplicate and leave fd to its owner, else own fd
  *   read(id, on)           start or stop reading
@@ -15,7 +16,8 @@
  *   destroy(id)            close now
  *   release(id) -> fd      stop watching and hand the fd over (nothing may wait)
  *
- * Events: DATA (a Buffer), END (the peer sent FIN), DRAIN (nothing waits any
+ * Events: DATA (how many bytes, at the start of the read buffer: JS uses or
+ * copies them before it returns, as the next read overwrites them), END (the peer sent FIN), DRAIN (nothing waits any
  * more), GONE (an errno: the socket failed and is closed). After end, destroy,
  * release or GONE the wire sends no more events and its id is dead to JS.
  *
@@ -41,7 +43,6 @@ enum { EV_DATA = 1, EV_END = 2, EV_DRAIN = 3, EV_GONE = 4 };
 /* OPEN: JS hears of it. ENDING: flushing before FIN. LINGER: FIN sent, dropping reads. CLOSED: handles closing. */
 enum state { OPEN, ENDING, LINGER, CLOSED };
 #define LINGER_MS 5000
-#define READ_SIZE 65536
 
 typedef struct wire {
   uv_poll_t poll;
@@ -60,13 +61,15 @@ typedef struct wire {
 
 static napi_env wire_env;
 static napi_ref on_event;
+static napi_ref read_ref;
+static char *read_buf;
+static size_t read_size;
 static napi_async_context async_context;
 static uv_loop_t *loop;
 static wire **wires;
 static int32_t wires_cap;
 static int32_t *free_ids;
 static int32_t free_count;
-static char read_buf[READ_SIZE];
 
 static void emit(wire *w, int kind, napi_value value) {
   napi_handle_scope scope;
@@ -87,11 +90,11 @@ static void emit(wire *w, int kind, napi_value value) {
   napi_close_handle_scope(wire_env, scope);
 }
 
-static void emit_errno(wire *w, int kind, int err) {
+static void emit_int(wire *w, int kind, int number) {
   napi_handle_scope scope;
   napi_open_handle_scope(wire_env, &scope);
   napi_value v;
-  napi_create_int32(wire_env, err, &v);
+  napi_create_int32(wire_env, number, &v);
   emit(w, kind, v);
   napi_close_handle_scope(wire_env, scope);
 }
@@ -118,7 +121,7 @@ static void close_wire(wire *w, int close_fd) {
 static void fail(wire *w, int err) {
   int told = w->state == OPEN;
   close_wire(w, 1);
-  if (told) emit_errno(w, EV_GONE, err);
+  if (told) emit_int(w, EV_GONE, err);
 }
 
 static void on_poll(uv_poll_t *p, int status, int events);
@@ -127,7 +130,8 @@ static void timer_fired(uv_timer_t *t);
 static void watch(wire *w) {
   if (w->state == CLOSED) return;
   int events = 0;
-  if (w->state == LINGER || (w->reading && !w->eof)) events |= UV_READABLE;
+  /* Reading while ENDING too (what comes is dropped), or a level-triggered poll would report the same bytes forever. */
+  if (w->state == LINGER || (w->state == ENDING && !w->eof) || (w->state == OPEN && w->reading && !w->eof)) events |= UV_READABLE;
   if (w->pending_len > w->pending_off) events |= UV_WRITABLE;
   if (events) uv_poll_start(&w->poll, events, on_poll);
   else uv_poll_stop(&w->poll);
@@ -159,7 +163,12 @@ static int flush(wire *w) {
 
 static void on_poll(uv_poll_t *p, int status, int events) {
   wire *w = p->data;
-  if (status < 0) {
+  if (status < 0 && w->state == OPEN && w->reading && !w->eof) {
+    /* An error (a reset) may come right behind bytes not read yet, such as a server's early answer before it
+       closed on an upload: read them first; recv reports the error once they are taken. libuv stopped the poll. */
+    events = UV_READABLE;
+    uv_poll_start(&w->poll, UV_READABLE | (w->pending_len > w->pending_off ? UV_WRITABLE : 0), on_poll);
+  } else if (status < 0) {
     int err = 0;
     socklen_t len = sizeof err;
     getsockopt(w->fd, SOL_SOCKET, SO_ERROR, &err, &len);
@@ -176,21 +185,16 @@ static void on_poll(uv_poll_t *p, int status, int events) {
     }
   }
   if (!(events & UV_READABLE)) return;
-  if (w->state == LINGER) {
-    ssize_t n = recv(w->fd, read_buf, READ_SIZE, 0);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) close_wire(w, 1);
+  if (w->state == LINGER || w->state == ENDING) {
+    ssize_t n = recv(w->fd, read_buf, read_size, 0);
+    if (n == 0 && w->state == ENDING) w->eof = 1, watch(w); /* FIN once what waits is sent, then closed (linger) */
+    else if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) close_wire(w, 1);
     return;
   }
   if (w->state != OPEN || !w->reading || w->eof) return;
-  ssize_t n = recv(w->fd, read_buf, READ_SIZE, 0);
+  ssize_t n = recv(w->fd, read_buf, read_size, 0);
   if (n > 0) {
-    napi_handle_scope scope;
-    napi_open_handle_scope(wire_env, &scope);
-    napi_value buf;
-    void *data;
-    napi_create_buffer_copy(wire_env, (size_t)n, read_buf, &data, &buf);
-    emit(w, EV_DATA, buf);
-    napi_close_handle_scope(wire_env, scope);
+    emit_int(w, EV_DATA, (int)n);
   } else if (n == 0) {
     w->eof = 1;
     watch(w);
@@ -228,11 +232,21 @@ static napi_value boolean(napi_env env, int b) {
 }
 
 static napi_value js_init(napi_env env, napi_callback_info info) {
-  napi_value argv[1], name;
+  napi_value argv[2], name;
   napi_valuetype type;
-  if (!args(env, info, 1, argv, "init(onEvent)")) return NULL;
-  if (napi_typeof(env, argv[0], &type) != napi_ok || type != napi_function) return napi_throw_type_error(env, NULL, "init(onEvent): onEvent must be a function"), NULL;
+  void *data;
+  size_t len;
+  bool is_buffer;
+  if (!args(env, info, 2, argv, "init(onEvent, buffer)")) return NULL;
+  if (napi_typeof(env, argv[0], &type) != napi_ok || type != napi_function || napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer ||
+      napi_get_buffer_info(env, argv[1], &data, &len) != napi_ok || len == 0)
+    return napi_throw_type_error(env, NULL, "init(onEvent, buffer): a function and a Buffer"), NULL;
   if (on_event) napi_delete_reference(env, on_event);
+  if (read_ref) napi_delete_reference(env, read_ref);
+  /* JS's Buffer, held here so its memory stays put and alive. */
+  napi_create_reference(env, argv[1], 1, &read_ref);
+  read_buf = data;
+  read_size = len;
   if (!async_context) {
     napi_create_string_utf8(env, "kiln-wire", NAPI_AUTO_LENGTH, &name);
     napi_async_init(env, NULL, name, &async_context);

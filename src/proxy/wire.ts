@@ -16,6 +16,7 @@ import net from 'node:net';
 import { addonLoader } from '../runtimes/addon.js';
 
 export interface WireHandlers {
+  /** Bytes read. Valid during the call only (a native wire's next read overwrites them): keep(chunk) to hold on to them. */
   data(chunk: Buffer): void;
   /** The peer is done sending (writing may go on). */
   end(): void;
@@ -51,7 +52,7 @@ const IGNORE: WireHandlers = { data() {}, end() {}, drain() {}, gone() {} };
 export const WIRE_ADDON = '/usr/local/lib/kiln/kiln-wire.node';
 
 interface WireAddon {
-  init(onEvent: (id: number, kind: number, value: Buffer | number | undefined) => void): void;
+  init(onEvent: (id: number, kind: number, value: number | undefined) => void, buffer: Buffer): void;
   adopt(fd: number, dup: boolean): number;
   read(id: number, on: boolean): void;
   write(id: number, data: Buffer): boolean;
@@ -70,6 +71,14 @@ const loader = addonLoader<WireAddon>(WIRE_ADDON, 'the proxy wire addon', ['init
 /** Why native wires cannot be used here, or undefined when they can (for `kiln doctor`). */
 export const wireProblem = loader.problem;
 
+/** Where the addon reads to: every native wire's bytes, one read at a time. */
+const READ_BUFFER = Buffer.allocUnsafeSlow(65536);
+
+/** `chunk` if it may be held, else a copy (a view of the native wires' read buffer is good until the next read). */
+export function keep(chunk: Buffer): Buffer {
+  return chunk.buffer === READ_BUFFER.buffer ? Buffer.from(chunk) : chunk;
+}
+
 /** Wires by the addon's ids. */
 const native = new Map<number, NativeWire>();
 let addon: WireAddon | undefined;
@@ -82,7 +91,7 @@ function wireAddon(): WireAddon | undefined {
   if (process.env.KILN_NATIVE_WIRES === '0') return undefined;
   try {
     const a = loader.load();
-    a.init(onEvent);
+    a.init(onEvent, READ_BUFFER);
     addon = a;
   } catch {
     addon = undefined;
@@ -94,12 +103,12 @@ export function nativeWires(): boolean {
   return wireAddon() !== undefined;
 }
 
-function onEvent(id: number, kind: number, value: Buffer | number | undefined): void {
+function onEvent(id: number, kind: number, value: number | undefined): void {
   const w = native.get(id);
   if (!w) return;
   switch (kind) {
     case EV_DATA:
-      return w.handlers.data(value as Buffer);
+      return w.handlers.data(READ_BUFFER.subarray(0, value));
     case EV_END:
       return w.handlers.end();
     case EV_DRAIN:
@@ -109,6 +118,15 @@ function onEvent(id: number, kind: number, value: Buffer | number | undefined): 
       w.settle();
       return h.gone();
     }
+  }
+}
+
+/** The addon's id for a wire on `fd`, or undefined when it cannot take one (no fd left for the duplicate: the caller keeps node's socket). */
+function adoptFd(a: WireAddon, fd: number, dup: boolean): number | undefined {
+  try {
+    return a.adopt(fd, dup);
+  } catch {
+    return undefined;
   }
 }
 
@@ -133,20 +151,22 @@ export class NativeWire implements Wire {
     native.set(id, this);
   }
 
-  /** A wire owning `fd` (a connected or connecting TCP socket); undefined without the addon (the caller still owns fd). */
+  /** A wire owning `fd` (a connected or connecting TCP socket); undefined if it cannot be had (the caller still owns fd). */
   static fromFd(fd: number): NativeWire | undefined {
     const a = wireAddon();
-    return a ? new NativeWire(a, a.adopt(fd, false)) : undefined;
+    const id = a && adoptFd(a, fd, false);
+    return id === undefined ? undefined : new NativeWire(a!, id);
   }
 
-  /** The connection of a node:net socket that has not been read from, which is destroyed; undefined if it cannot be. */
+  /** The connection of a node:net socket that has not been read from, which is then destroyed; undefined (the socket untouched) if it cannot be. */
   static adopt(socket: net.Socket): NativeWire | undefined {
     const a = wireAddon();
     const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
     if (!a || fd === undefined || fd < 0) return undefined;
-    const w = new NativeWire(a, a.adopt(fd, true));
+    const id = adoptFd(a, fd, true);
+    if (id === undefined) return undefined;
     socket.destroy();
-    return w;
+    return new NativeWire(a, id);
   }
 
   get paused(): boolean {
@@ -200,9 +220,9 @@ export class NativeWire implements Wire {
     this.pause();
     // Bytes of an earlier response may still wait: the hand-over waits for them.
     const give = () => {
-      const fd = this.a.release(this.id);
-      this.settle();
-      cb(new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true }));
+      const socket = new net.Socket({ fd: this.a.release(this.id), readable: true, writable: true, allowHalfOpen: true });
+      cb(socket);
+      this.settle(); // after cb: whoever waits for the wire to close finds the socket already in place
     };
     this.handlers = { ...IGNORE, gone: () => undefined, drain: give };
     if (this.a.write(this.id, Buffer.alloc(0))) give();
@@ -246,7 +266,7 @@ export class StreamWire implements Wire {
   }
 
   write(data: Buffer): boolean {
-    return this.done ? false : this.socket.write(data);
+    return this.done ? false : this.socket.write(keep(data)); // node may hold it until sent
   }
 
   pause(): void {

@@ -86,6 +86,11 @@ def serve(c):
             time.sleep(0.3)
             c.sendall(b'5\r\nhello\r\n0\r\n\r\n')
             continue
+        if path == '/split-head':
+            c.sendall(b'HTTP/1.1 200 OK\r\nX-Split: y')
+            time.sleep(0.1)
+            c.sendall(b'es\r\nContent-Length: 2\r\n\r\nok')
+            continue
         if path == '/hang':
             time.sleep(60)
             continue
@@ -262,7 +267,13 @@ describe('proxy fast path', () => {
     assert.equal(held.length, 1, `head and body in one write: ${JSON.stringify(held)}`);
     assert.match(held[0]!, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nhello$/);
     // Nothing reached the client when the server broke off: it gets a 502, not a head without a body.
-    assert.match((await pieces(`GET ${prefix}/head-then-close HTTP/1.1\r\nHost: h\r\n\r\n`)).join(''), /^HTTP\/1\.1 502 /);
+    const bad = Buffer.from((await pieces(`GET ${prefix}/head-then-close HTTP/1.1\r\nHost: h\r\n\r\n`)).join(''), 'latin1');
+    assert.match(bad.toString('latin1'), /^HTTP\/1\.1 502 /);
+    const head = readHead(bad);
+    assert.ok(typeof head === 'object');
+    const length = Number(head.fields[head.fields.findIndex((f) => f.toLowerCase() === 'content-length') + 1]);
+    assert.equal(bad.subarray(head.length).toString(), 'The session’s server did not answer.\n', 'the page as UTF-8');
+    assert.equal(bad.length - head.length, length, 'as long as its Content-Length');
     const stream = await pieces(`GET ${prefix}/stream HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n`);
     assert.ok(stream.length >= 2, JSON.stringify(stream));
     assert.match(stream[0]!, /^HTTP\/1\.1 200 OK\r\n[^]*Transfer-Encoding: chunked\r\n[^]*\r\n\r\n$/, 'the head alone, before the first chunk');
@@ -299,6 +310,13 @@ describe('proxy fast path', () => {
     assert.match(await exchange(`GET ${prefix}/x HTTP/1.1\r\nHost: h\r\nX: ${'a'.repeat(20000)}\r\n\r\n`), /^HTTP\/1\.1 431/);
   });
 
+  test('heads that come in pieces: the pieces read first are kept whole while the rest comes', async () => {
+    const raw = await exchange([Buffer.from(`GET ${prefix}/split-`), Buffer.from(`request HTTP/1.1\r\nHo`), Buffer.from(`st: h\r\nConnection: close\r\n\r\n`)]);
+    assert.match(raw, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nGET \/split-request HTTP\/1\.1\r\nHost: h\r\n/, raw);
+    const response = await exchange(`GET ${prefix}/split-head HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n`);
+    assert.match(response, /^HTTP\/1\.1 200 OK\r\nX-Split: yes\r\nContent-Length: 2\r\n[^]*\r\n\r\nok$/, response);
+  });
+
   test('bad chunked framing from the client is a 400; a server breaking its framing is a 502', async () => {
     assert.match(await exchange(`POST ${prefix}/echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n`), /^HTTP\/1\.1 400/);
     assert.match(await exchange(`POST ${prefix}/echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n`), /^HTTP\/1\.1 400/);
@@ -324,6 +342,30 @@ describe('proxy fast path', () => {
     assert.match(await waiting, /^HTTP\/1\.1 502 /);
     assert.equal(t.kiln.proxy.stats.openSockets, 0);
   });
+});
+
+test('closing the server waits for the exchanges in flight and closes idle connections, native ones included', async () => {
+  const c = testConfig({ budget: { cpuTotal: 64, memoryTotalMb: 64 * 1024 } });
+  c.templates['raw'] = { runtime: 'process', command: ['python3', '-c', BACKEND], port: 8080, ready: { tcp: true }, idleTimeoutS: 600, maxDurationS: 3600, pool: { min: 0, max: 1 }, limits: { cpus: 0.5, memoryMb: 128, pids: 64 } };
+  const k = await startTestKiln(c);
+  port = Number(new URL(await k.app.listen({ port: 0, host: '127.0.0.1' })).port);
+  const res = await fetch(`http://127.0.0.1:${port}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ template: 'raw' }) });
+  const s = (await res.json()) as { id: string; token: string };
+  for (let i = 0; i < 200 && k.kiln.sessions.byIdLookup(s.id)?.status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 50));
+  // An idle keep-alive connection that node's server has (the fast path handed it over after an API call) ...
+  const idle = net.connect(port, '127.0.0.1');
+  const idleClosed = new Promise((ok) => idle.on('close', ok));
+  idle.on('error', () => undefined);
+  const answered = new Promise((ok) => idle.once('data', ok));
+  idle.write('GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+  await answered;
+  // ... and a proxied exchange whose answer takes 0.3 s.
+  const inFlight = exchange(`GET /s/${s.token}/head-then-body HTTP/1.1\r\nHost: h\r\n\r\n`, /\r\n\r\nhello$/);
+  await new Promise((r) => setTimeout(r, 100));
+  const closed = k.close();
+  assert.match(await inFlight, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nhello$/, 'the exchange finished before the session was stopped');
+  await idleClosed;
+  await closed;
 });
 
 test('chunked framing is checked strictly as it passes', () => {
