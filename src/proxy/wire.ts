@@ -130,24 +130,47 @@ function adoptFd(a: WireAddon, fd: number, dup: boolean): number | undefined {
   }
 }
 
-function cutWire(w: Wire): void {
-  if (w.closed) return;
-  const h = w.handlers;
-  w.destroy();
-  process.nextTick(() => h.gone());
+/** What both kinds of wire share: the handlers, and the closing once. */
+abstract class WireBase {
+  handlers = IGNORE;
+  protected done = false;
+  private readonly closers: (() => void)[] = [];
+
+  abstract destroy(): void;
+
+  get closed(): boolean {
+    return this.done;
+  }
+
+  cut(): void {
+    if (this.done) return;
+    const h = this.handlers;
+    this.destroy();
+    process.nextTick(() => h.gone());
+  }
+
+  onClosed(fn: () => void): void {
+    if (this.done) fn();
+    else this.closers.push(fn);
+  }
+
+  /** Closed: no more events, and whoever waited for it is told. */
+  protected markClosed(): void {
+    if (this.done) return;
+    this.done = true;
+    this.handlers = IGNORE;
+    for (const fn of this.closers.splice(0)) fn();
+  }
 }
 
-export class NativeWire implements Wire {
-  handlers = IGNORE;
+export class NativeWire extends WireBase implements Wire {
   private reading = false;
-  private done = false;
-  private closers: (() => void)[] = [];
-  private afterDrain: (() => void) | undefined;
 
   private constructor(
     private readonly a: WireAddon,
     private readonly id: number,
   ) {
+    super();
     native.set(id, this);
   }
 
@@ -171,10 +194,6 @@ export class NativeWire implements Wire {
 
   get paused(): boolean {
     return !this.reading;
-  }
-
-  get closed(): boolean {
-    return this.done;
   }
 
   write(data: Buffer): boolean {
@@ -206,15 +225,6 @@ export class NativeWire implements Wire {
     this.settle();
   }
 
-  cut(): void {
-    cutWire(this);
-  }
-
-  onClosed(fn: () => void): void {
-    if (this.done) fn();
-    else this.closers.push(fn);
-  }
-
   toSocket(cb: (socket: net.Socket) => void): void {
     if (this.done) throw new Error('toSocket: the wire is closed');
     this.pause();
@@ -230,18 +240,13 @@ export class NativeWire implements Wire {
 
   /** @internal the wire is closed: no more events. */
   settle(): void {
-    if (this.done) return;
-    this.done = true;
+    if (this.done) return; // its id may be another wire's by now
     native.delete(this.id);
-    this.handlers = IGNORE;
-    for (const fn of this.closers.splice(0)) fn();
+    this.markClosed();
   }
 }
 
-export class StreamWire implements Wire {
-  handlers = IGNORE;
-  private done = false;
-  private readonly closers: (() => void)[] = [];
+export class StreamWire extends WireBase implements Wire {
   private readonly onData = (chunk: Buffer) => this.handlers.data(chunk);
   private readonly onEnd = () => this.handlers.end();
   private readonly onDrain = () => this.handlers.drain();
@@ -253,16 +258,13 @@ export class StreamWire implements Wire {
   };
 
   constructor(readonly socket: net.Socket) {
+    super();
     socket.pause();
     socket.on('data', this.onData).on('end', this.onEnd).on('drain', this.onDrain).on('error', this.onGone).on('close', this.onGone);
   }
 
   get paused(): boolean {
     return this.socket.isPaused();
-  }
-
-  get closed(): boolean {
-    return this.done;
   }
 
   write(data: Buffer): boolean {
@@ -293,15 +295,6 @@ export class StreamWire implements Wire {
     this.socket.destroy();
   }
 
-  cut(): void {
-    cutWire(this);
-  }
-
-  onClosed(fn: () => void): void {
-    if (this.done) fn();
-    else this.closers.push(fn);
-  }
-
   toSocket(cb: (socket: net.Socket) => void): void {
     const s = this.socket;
     s.pause();
@@ -312,12 +305,10 @@ export class StreamWire implements Wire {
   /** No more events; `quiet`: errors from now on are dropped (the socket is not handed on). */
   private settle(quiet: boolean): void {
     if (this.done) return;
-    this.done = true;
-    this.handlers = IGNORE;
     const s = this.socket;
     s.removeListener('data', this.onData).removeListener('end', this.onEnd).removeListener('drain', this.onDrain);
     s.removeListener('error', this.onGone).removeListener('close', this.onGone);
     if (quiet) s.on('error', () => undefined);
-    for (const fn of this.closers.splice(0)) fn();
+    this.markClosed();
   }
 }
