@@ -127,6 +127,7 @@ export class FastPath {
   }
 
   /** @internal the connection of `wire` goes to node's server, with the bytes read and not used. */ handOver(wire: Wire, unread: Buffer | undefined): void {
+    if (wire.closed) return;
     this.handingOver.set(wire, performance.now());
     wire.onClosed(() => {
       this.handingOver.delete(wire);

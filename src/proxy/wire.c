@@ -163,12 +163,13 @@ static int flush(wire *w) {
 
 static void on_poll(uv_poll_t *p, int status, int events) {
   wire *w = p->data;
-  if (status < 0 && w->state == OPEN && w->reading && !w->eof) {
+  int errored = status < 0;
+  if (errored && w->state == OPEN && w->reading && !w->eof) {
     /* An error (a reset) may come right behind bytes not read yet, such as a server's early answer before it
        closed on an upload: read them first; recv reports the error once they are taken. libuv stopped the poll. */
     events = UV_READABLE;
     uv_poll_start(&w->poll, UV_READABLE | (w->pending_len > w->pending_off ? UV_WRITABLE : 0), on_poll);
-  } else if (status < 0) {
+  } else if (errored) {
     int err = 0;
     socklen_t len = sizeof err;
     getsockopt(w->fd, SOL_SOCKET, SO_ERROR, &err, &len);
@@ -199,7 +200,7 @@ static void on_poll(uv_poll_t *p, int status, int events) {
     w->eof = 1;
     watch(w);
     emit(w, EV_END, NULL);
-  } else if (errno != EAGAIN && errno != EINTR) fail(w, errno);
+  } else if (errno != EINTR && (errno != EAGAIN || errored)) fail(w, errno == EAGAIN ? ECONNRESET : errno); /* an error with nothing to read: no spin */
 }
 
 static void timer_fired(uv_timer_t *t) {
