@@ -284,7 +284,7 @@ describe('auth edges', () => {
     }
   });
 
-  test('TLS serves the API over HTTPS with HSTS; credentials never reach the log', async () => {
+  test('TLS serves the API and the session proxy over HTTPS with HSTS; credentials never reach the log', async () => {
     const certDir = mkdtempSync(join(tmpdir(), 'kiln-tls-'));
     execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', join(certDir, 'key.pem'), '-out', join(certDir, 'cert.pem')], { stdio: 'ignore' });
     const config = authConfig((c) => {
@@ -312,6 +312,17 @@ describe('auth edges', () => {
       assert.match(ok.hsts ?? '', /max-age=/);
       assert.equal((await get('/v1/info', 'kiln_wrong-secret-value')).status, 401);
       const session = await kiln.sessions.create({ template: 'demo-web' }, { id: 'local', kind: 'local', scopes: new Set(['admin']) });
+      // Through the proxy over TLS: node's TLS socket on the client's side, a native wire on the server's.
+      for (let i = 0; i < 3; i++) {
+        const proxied = await new Promise<string>((resolve, reject) => {
+          https.get({ host: '127.0.0.1', port, path: `${session.url}info?i=${i}`, ca }, (res) => {
+            let body = '';
+            res.on('data', (d) => (body += d));
+            res.on('end', () => resolve(`${res.statusCode} ${body}`));
+          }).on('error', reject);
+        });
+        assert.match(proxied, new RegExp(`^200 .*"path": "/info\\?i=${i}"`), proxied);
+      }
       assert.ok(log.includes('/v1/info'), 'requests are logged');
       for (const secret of [token, 'kiln_wrong-secret-value', SECRET, session.token!]) assert.ok(!log.includes(secret), 'a secret reached the log');
     } finally {
