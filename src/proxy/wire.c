@@ -16,10 +16,12 @@
  *   destroy(id)            close now
  *   release(id) -> fd      stop watching and hand the fd over (nothing may wait)
  *
- * Events: DATA (how many bytes, at the start of the read buffer: JS uses or
- * copies them before it returns, as the next read overwrites them), END (the peer sent FIN), DRAIN (nothing waits any
- * more), GONE (an errno: the socket failed and is closed). After end, destroy,
- * release or GONE the wire sends no more events and its id is dead to JS.
+ * Events, each with a number: DATA (how many bytes, at the start of the read
+ * buffer: JS uses or copies them before it returns, as the next read
+ * overwrites them), END (the peer sent FIN), DRAIN (nothing waits any more),
+ * GONE (an errno: the socket failed and is closed); END and DRAIN carry 0.
+ * After end, destroy, release or GONE the wire sends no more events and its
+ * id is dead to JS.
  *
  * Why: a proxied request costs Node's stream layer two reads and two writes,
  * each through a stream object, a Buffer, a write request and a callback. Here
@@ -62,6 +64,7 @@ typedef struct wire {
 static napi_env wire_env;
 static napi_ref on_event;
 static napi_ref read_ref;
+static napi_ref global_ref; /* the receiver of every onEvent call, looked up once */
 static char *read_buf;
 static size_t read_size;
 static napi_async_context async_context;
@@ -71,31 +74,21 @@ static int32_t wires_cap;
 static int32_t *free_ids;
 static int32_t free_count;
 
-static void emit(wire *w, int kind, napi_value value) {
+static void emit(wire *w, int kind, int value) {
   napi_handle_scope scope;
   napi_open_handle_scope(wire_env, &scope);
   napi_value fn, global, argv[3], result;
   napi_get_reference_value(wire_env, on_event, &fn);
-  napi_get_global(wire_env, &global);
+  napi_get_reference_value(wire_env, global_ref, &global);
   napi_create_int32(wire_env, w->id, &argv[0]);
   napi_create_int32(wire_env, kind, &argv[1]);
-  if (value) argv[2] = value;
-  else napi_get_undefined(wire_env, &argv[2]);
+  napi_create_int32(wire_env, value, &argv[2]);
   /* make_callback, not call_function: process.nextTick and promises run after it, as after any I/O callback. */
   if (napi_make_callback(wire_env, async_context, global, fn, 3, argv, &result) == napi_pending_exception) {
     napi_value e;
     napi_get_and_clear_last_exception(wire_env, &e);
     napi_fatal_exception(wire_env, e);
   }
-  napi_close_handle_scope(wire_env, scope);
-}
-
-static void emit_int(wire *w, int kind, int number) {
-  napi_handle_scope scope;
-  napi_open_handle_scope(wire_env, &scope);
-  napi_value v;
-  napi_create_int32(wire_env, number, &v);
-  emit(w, kind, v);
   napi_close_handle_scope(wire_env, scope);
 }
 
@@ -121,7 +114,7 @@ static void close_wire(wire *w, int close_fd) {
 static void fail(wire *w, int err) {
   int told = w->state == OPEN;
   close_wire(w, 1);
-  if (told) emit_int(w, EV_GONE, err);
+  if (told) emit(w, EV_GONE, err);
 }
 
 static void on_poll(uv_poll_t *p, int status, int events);
@@ -181,7 +174,7 @@ static void on_poll(uv_poll_t *p, int status, int events) {
     if (w->pending_off == w->pending_len) {
       if (w->state == ENDING) return linger(w);
       watch(w);
-      if (w->state == OPEN) emit(w, EV_DRAIN, NULL);
+      if (w->state == OPEN) emit(w, EV_DRAIN, 0);
       if (w->state == CLOSED) return;
     }
   }
@@ -195,11 +188,11 @@ static void on_poll(uv_poll_t *p, int status, int events) {
   if (w->state != OPEN || !w->reading || w->eof) return;
   ssize_t n = recv(w->fd, read_buf, read_size, 0);
   if (n > 0) {
-    emit_int(w, EV_DATA, (int)n);
+    emit(w, EV_DATA, (int)n);
   } else if (n == 0) {
     w->eof = 1;
     watch(w);
-    emit(w, EV_END, NULL);
+    emit(w, EV_END, 0);
   } else if (errno != EINTR && (errno != EAGAIN || errored)) fail(w, errno == EAGAIN ? ECONNRESET : errno); /* an error with nothing to read: no spin */
 }
 
@@ -233,7 +226,7 @@ static napi_value boolean(napi_env env, int b) {
 }
 
 static napi_value js_init(napi_env env, napi_callback_info info) {
-  napi_value argv[2], name;
+  napi_value argv[2], name, global;
   napi_valuetype type;
   void *data;
   size_t len;
@@ -251,6 +244,10 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   if (!async_context) {
     napi_create_string_utf8(env, "kiln-wire", NAPI_AUTO_LENGTH, &name);
     napi_async_init(env, NULL, name, &async_context);
+  }
+  if (!global_ref) {
+    napi_get_global(env, &global);
+    napi_create_reference(env, global, 1, &global_ref);
   }
   wire_env = env;
   napi_create_reference(env, argv[0], 1, &on_event);

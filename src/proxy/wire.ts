@@ -7,8 +7,8 @@
  *   kiln-wire addon, ./wire.c): per read one call into JS with the bytes, per
  *   write one syscall. Plain TCP connections from clients, and connections
  *   made through port links that give an fd (network namespaces).
- * - StreamWire: a node:net socket (TLS clients, Docker's and gVisor's links,
- *   or a machine without the addon).
+ * - StreamWire: a node:net socket (TLS clients, gVisor's exec links, or a
+ *   machine without the addon).
  *
  * Both read nothing until resume().
  */
@@ -47,12 +47,13 @@ export interface Wire {
 }
 
 const IGNORE: WireHandlers = { data() {}, end() {}, drain() {}, gone() {} };
+const NOTHING = Buffer.alloc(0);
 
 /** Where scripts/setup builds the addon. */
 export const WIRE_ADDON = '/usr/local/lib/kiln/kiln-wire.node';
 
 interface WireAddon {
-  init(onEvent: (id: number, kind: number, value: number | undefined) => void, buffer: Buffer): void;
+  init(onEvent: (id: number, kind: number, value: number) => void, buffer: Buffer): void;
   adopt(fd: number, dup: boolean): number;
   read(id: number, on: boolean): void;
   write(id: number, data: Buffer): boolean;
@@ -103,7 +104,7 @@ export function nativeWires(): boolean {
   return wireAddon() !== undefined;
 }
 
-function onEvent(id: number, kind: number, value: number | undefined): void {
+function onEvent(id: number, kind: number, value: number): void {
   const w = native.get(id);
   if (!w) return;
   switch (kind) {
@@ -234,8 +235,8 @@ export class NativeWire extends WireBase implements Wire {
       cb(socket);
       this.settle(); // after cb: whoever waits for the wire to close finds the socket already in place
     };
-    this.handlers = { ...IGNORE, gone: () => undefined, drain: give };
-    if (this.a.write(this.id, Buffer.alloc(0))) give();
+    this.handlers = { ...IGNORE, drain: give };
+    if (this.a.write(this.id, NOTHING)) give(); // true: nothing waits
   }
 
   /** @internal the wire is closed: no more events. */
@@ -286,7 +287,6 @@ export class StreamWire extends WireBase implements Wire {
     if (last) s.end(last);
     else s.end();
     s.resume(); // read (and drop) to the peer's FIN, which closes the socket
-
   }
 
   destroy(): void {

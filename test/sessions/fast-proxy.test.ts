@@ -163,6 +163,18 @@ function bodies(raw: string): string[] {
   return out;
 }
 
+/** A kiln serving on a free port (set in `port`) with one `raw` session, waited for until it is ready (or 10 s). */
+async function startRawSession(poolMax: number): Promise<{ k: TestKiln; session: { id: string; token: string } }> {
+  const c = testConfig({ budget: { cpuTotal: 64, memoryTotalMb: 64 * 1024 } });
+  c.templates['raw'] = { runtime: 'process', command: ['python3', '-c', BACKEND], port: 8080, ready: { tcp: true }, idleTimeoutS: 600, maxDurationS: 3600, pool: { min: 0, max: poolMax }, limits: { cpus: 0.5, memoryMb: 128, pids: 64 } };
+  const k = await startTestKiln(c);
+  port = Number(new URL(await k.app.listen({ port: 0, host: '127.0.0.1' })).port);
+  const res = await fetch(`http://127.0.0.1:${port}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ template: 'raw' }) });
+  const session = (await res.json()) as { id: string; token: string };
+  for (let i = 0; i < 200 && k.kiln.sessions.byIdLookup(session.id)?.status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 50));
+  return { k, session };
+}
+
 // Native wires unless turned off (./fast-proxy-node-sockets.test.ts runs these tests again without them).
 test(`the fast path's connections are ${process.env.KILN_NATIVE_WIRES === '0' ? "node's sockets" : 'native wires'}`, () => {
   assert.equal(nativeWires(), process.env.KILN_NATIVE_WIRES !== '0', 'scripts/setup builds the kiln-wire addon');
@@ -173,16 +185,11 @@ describe('proxy fast path', () => {
   let prefix = '';
   let id = '';
   before(async () => {
-    const c = testConfig({ budget: { cpuTotal: 64, memoryTotalMb: 64 * 1024 } });
-    c.templates['raw'] = { runtime: 'process', command: ['python3', '-c', BACKEND], port: 8080, ready: { tcp: true }, idleTimeoutS: 600, maxDurationS: 3600, pool: { min: 0, max: 4 }, limits: { cpus: 0.5, memoryMb: 128, pids: 64 } };
-    t = await startTestKiln(c);
-    port = Number(new URL(await t.app.listen({ port: 0, host: '127.0.0.1' })).port);
-    const res = await fetch(`http://127.0.0.1:${port}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ template: 'raw' }) });
-    const s = (await res.json()) as { id: string; token: string };
+    const { k, session: s } = await startRawSession(4);
+    t = k;
     token = s.token;
     id = s.id;
     prefix = `/s/${token}`;
-    for (let i = 0; i < 200 && t.kiln.sessions.byIdLookup(s.id)?.status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 50));
     assert.equal(t.kiln.sessions.byIdLookup(s.id)?.status, 'ready');
   });
   after(async () => {
@@ -345,13 +352,7 @@ describe('proxy fast path', () => {
 });
 
 test('closing the server waits for the exchanges in flight and closes idle connections, native ones included', async () => {
-  const c = testConfig({ budget: { cpuTotal: 64, memoryTotalMb: 64 * 1024 } });
-  c.templates['raw'] = { runtime: 'process', command: ['python3', '-c', BACKEND], port: 8080, ready: { tcp: true }, idleTimeoutS: 600, maxDurationS: 3600, pool: { min: 0, max: 1 }, limits: { cpus: 0.5, memoryMb: 128, pids: 64 } };
-  const k = await startTestKiln(c);
-  port = Number(new URL(await k.app.listen({ port: 0, host: '127.0.0.1' })).port);
-  const res = await fetch(`http://127.0.0.1:${port}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ template: 'raw' }) });
-  const s = (await res.json()) as { id: string; token: string };
-  for (let i = 0; i < 200 && k.kiln.sessions.byIdLookup(s.id)?.status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 50));
+  const { k, session: s } = await startRawSession(1);
   // An idle keep-alive connection that node's server has (the fast path handed it over after an API call) ...
   const idle = net.connect(port, '127.0.0.1');
   const idleClosed = new Promise((ok) => idle.on('close', ok));
