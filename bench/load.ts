@@ -7,9 +7,17 @@
  * is due at k / rate s (spread over the connections) and its latency counts
  * from when it was due, so a stall is not hidden by the requests it delays; prints `{count, seconds, lat, total, clientCpuMs}` as JSON
  * (`total` counts warm-up requests too, as the CPU readings do). Any
- * answer but 200 fails the run (exit 1).
+ * answer but a 200 with a Content-Length, and a connection closed while a
+ * response is due, fails the run (exit 1).
+ *
+ * It speaks HTTP/1.1 on raw sockets (one fixed request, a response read up to
+ * its Content-Length) rather than through node:http: the client shares the
+ * machine's two cores with the proxy and the server it measures, and
+ * node:http's client cost ~2× the CPU per request and, while V8 compiled it in
+ * the first seconds of each run, bursts of several ms on its helper threads
+ * that every path's tail paid for.
  */
-import http from 'node:http';
+import net from 'node:net';
 import { NetnsPorts } from '../src/runtimes/netns.js';
 
 interface Target {
@@ -27,53 +35,102 @@ interface Target {
 }
 
 const t = JSON.parse(process.argv[2]!) as Target;
-const agent = new http.Agent({ keepAlive: true, maxSockets: t.connections });
-if (t.netns) {
-  const link = new NetnsPorts('load', t.netns.pid).link(t.netns.port);
-  agent.createConnection = () => link.connect();
-}
+const link = t.netns ? new NetnsPorts('load', t.netns.pid).link(t.netns.port) : undefined;
+const connect = (): net.Socket => (link ? link.connect() : t.socketPath ? net.connect(t.socketPath) : net.connect(t.port!, t.host ?? '127.0.0.1'));
+const REQUEST = Buffer.from(`GET ${t.path} HTTP/1.1\r\nHost: ${t.host ?? 'localhost'}\r\n\r\n`, 'latin1');
+const HEAD_END = Buffer.from('\r\n\r\n');
+
 const lat: number[] = [];
-const measureFrom = performance.now() + (t.warmupS ?? 0) * 1000;
-const end = measureFrom + t.seconds * 1000;
-let total = 0;
-
-const get = () =>
-  new Promise<void>((resolve, reject) => {
-    http
-      .get({ socketPath: t.socketPath, host: t.host, port: t.port, path: t.path, agent }, (res) => {
-        res.resume();
-        res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`GET ${t.path}: status ${res.statusCode}`))));
-      })
-      .on('error', reject);
-  });
-
 const start = performance.now();
-const loop = async (conn: number) => {
-  const every = t.rate ? (t.connections * 1000) / t.rate : 0;
-  for (let k = 0; ; k++) {
-    let t0 = performance.now();
-    if (every) {
-      const due = start + (conn * 1000) / t.rate! + k * every;
-      if (due > t0) await new Promise((r) => setTimeout(r, due - t0));
-      // From when it was due, or from when it started if the timer fired early (node's timers keep whole ms).
-      t0 = Math.min(due, performance.now());
+const measureFrom = start + (t.warmupS ?? 0) * 1000;
+const end = measureFrom + t.seconds * 1000;
+/** Each connection's requests are this many ms apart when paced (0: back to back). */
+const every = t.rate ? (t.connections * 1000) / t.rate : 0;
+let total = 0;
+let running = t.connections;
+const cpu0 = process.cpuUsage();
+
+function fail(why: string): never {
+  process.stderr.write(`load: GET ${t.path}: ${why}\n`);
+  process.exit(1);
+}
+
+function loop(conn: number): void {
+  let k = 0;
+  /** When the request in flight was due (or sent, if later). */
+  let t0 = 0;
+  /** The response so far, while it arrives in more than one read. */
+  let pending: Buffer | undefined;
+  /** The whole response's length in bytes, once its head is read. */
+  let length = -1;
+  /** A request was sent and its response is not complete. */
+  let inFlight = false;
+  let done = false;
+  let socket: net.Socket | undefined;
+
+  const next = (): void => {
+    if (!every) return send(performance.now());
+    const due = start + (conn * 1000) / t.rate! + k++ * every;
+    const now = performance.now();
+    if (due > now) setTimeout(send, due - now, due);
+    else send(due);
+  };
+  const send = (due: number): void => {
+    // From when it was due, or from when it started if the timer fired early (node's timers keep whole ms).
+    t0 = Math.min(due, performance.now());
+    if (t0 >= end) {
+      done = true;
+      socket?.destroy();
+      if (--running === 0) finish();
+      return;
     }
-    if (t0 >= end) return;
-    await get();
+    // A connection the server ended between responses is replaced, as node's agent does (nginx
+    // ends one after keepalive_requests); the new connection's set-up counts in this request.
+    socket ??= open();
+    inFlight = true;
+    socket.write(REQUEST);
+  };
+  const open = (): net.Socket => {
+    const s = connect();
+    s.setNoDelay(true);
+    s.on('data', (chunk: Buffer) => received(chunk));
+    s.on('error', (e) => fail(e.message));
+    s.on('close', () => {
+      if (done || socket !== s) return;
+      if (inFlight) fail('the server closed the connection before its response was complete');
+      socket = undefined;
+    });
+    return s;
+  };
+  const received = (chunk: Buffer): void => {
+    const bytes = pending ? Buffer.concat([pending, chunk]) : chunk;
+    if (length < 0) {
+      const headEnd = bytes.indexOf(HEAD_END);
+      if (headEnd < 0) return void (pending = bytes);
+      const head = bytes.toString('latin1', 0, headEnd);
+      if (!head.startsWith('HTTP/1.1 200 ')) fail(head.slice(0, head.indexOf('\r')));
+      const m = /\r\ncontent-length:[ \t]*(\d+)/i.exec(head);
+      if (!m) fail('a response without Content-Length');
+      length = headEnd + HEAD_END.length + Number(m[1]);
+      if (/\r\nconnection:[ \t]*close/i.test(head)) socket = undefined; // the server closes it after this response
+    }
+    if (bytes.length < length) return void (pending = bytes);
+    if (bytes.length > length) fail('bytes after the response');
+    pending = undefined;
+    length = -1;
+    inFlight = false;
     total++;
     // Only requests started and finished inside the window count, so none straddles its edges.
     const t1 = performance.now();
     if (t0 >= measureFrom && t1 <= end) lat.push(t1 - t0);
-  }
-};
-
-const cpu0 = process.cpuUsage();
-try {
-  await Promise.all(Array.from({ length: t.connections }, (_, i) => loop(i)));
-} catch (e) {
-  process.stderr.write(`load: ${(e as Error).message}\n`);
-  process.exit(1);
+    next();
+  };
+  next();
 }
-const cpu = process.cpuUsage(cpu0);
-agent.destroy();
-process.stdout.write(JSON.stringify({ count: lat.length, seconds: t.seconds, lat, total, clientCpuMs: (cpu.user + cpu.system) / 1000 }));
+
+function finish(): void {
+  const cpu = process.cpuUsage(cpu0);
+  process.stdout.write(JSON.stringify({ count: lat.length, seconds: t.seconds, lat, total, clientCpuMs: (cpu.user + cpu.system) / 1000 }));
+}
+
+for (let i = 0; i < t.connections; i++) loop(i);

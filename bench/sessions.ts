@@ -331,12 +331,16 @@ export async function benchSessions(opts: SessionsBenchOptions): Promise<void> {
       // latency shows what each hop adds rather than how long the queue is (at saturation a closed
       // loop's latency is its connections ÷ its throughput, the throughput target over again).
       for (let round = 0; round < n.rounds && performance.now() < deadline; round++) {
+        const p99s: string[] = [];
         for (const p of round % 2 === 0 ? paths : [...paths].reverse()) {
           const r = await p.run(perRound, CONNECTIONS, PACED_RATE);
+          p99s.push(`${p.name} ${fmt(percentile(r.lat, 99), 2)}`);
           const a = paced.find((x) => x.name === p.name);
           if (a) (a.r.lat.push(...r.lat), (a.r.count += r.count), (a.r.seconds += r.seconds));
           else paced.push({ name: p.name, r });
         }
+        // Round by round, so a tail that one stall made can be told from one every round has.
+        console.log(`  paced round ${round + 1}, p99 ms: ${p99s.join(', ')}`);
       }
     });
     await end(s.id);
