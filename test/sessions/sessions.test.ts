@@ -6,6 +6,7 @@ import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import WebSocket from 'ws';
+import { sql } from 'kysely';
 import { startTestKiln, testConfig, type TestKiln } from '../helpers.js';
 
 let t: TestKiln;
@@ -253,6 +254,50 @@ describe('sessions', () => {
     const briefEvents = await readEvents(`/v1/sessions/${brief.body.id}/events`, (e) => e === 'stopped');
     assert.ok(briefEvents.some((e) => e.event === 'warning' && e.data.kind === 'max_duration'), JSON.stringify(briefEvents.map((e) => e.event)));
     assert.equal(briefEvents.at(-1)!.data.stopReason, 'max_duration');
+  });
+
+  test('the store gets a session\'s last activity at the sweep after it moved, and no write while it is idle', async () => {
+    const s = await api('POST', '/v1/sessions', { template: 'demo-web' });
+    assert.equal(s.status, 201, JSON.stringify(s.body));
+    for (let i = 0; i < 200 && (await api('GET', `/v1/sessions/${s.body.id}`)).body.status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 50));
+    const db = t.kiln.db;
+    // A trigger on kiln's own (single) SQLite connection counts the writes of the column.
+    await sql`CREATE TEMP TABLE IF NOT EXISTS activity_writes (id TEXT)`.execute(db);
+    await sql`CREATE TEMP TRIGGER IF NOT EXISTS count_activity_writes AFTER UPDATE OF last_activity_at ON sessions BEGIN INSERT INTO activity_writes VALUES (new.id); END`.execute(db);
+    const writes = async () => (await sql<{ n: number }>`SELECT count(*) AS n FROM activity_writes WHERE id = ${s.body.id}`.execute(db)).rows[0]!.n;
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    await sleep(600); // a sweep (every 0.2 s here) stores the claim's activity
+    const settled = await writes();
+    await sleep(1200); // six sweeps, no request
+    assert.equal(await writes(), settled, 'an idle session was written again');
+
+    assert.equal((await fetch(`${base}${s.body.url}info`)).status, 200);
+    await sleep(600);
+    assert.ok((await writes()) > settled, 'a proxied request never reached the store');
+    const row = await db.selectFrom('sessions').select('last_activity_at').where('id', '=', s.body.id).executeTakeFirstOrThrow();
+    assert.equal(row.last_activity_at, (await api('GET', `/v1/sessions/${s.body.id}`)).body.lastActivityAt);
+    await api('DELETE', `/v1/sessions/${s.body.id}`);
+  });
+
+  test('a sweep whose write the store refuses does not end kiln; the next one stores the activity', async () => {
+    const s = await api('POST', '/v1/sessions', { template: 'demo-web' });
+    assert.equal(s.status, 201, JSON.stringify(s.body));
+    for (let i = 0; i < 200 && (await api('GET', `/v1/sessions/${s.body.id}`)).body.status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 50));
+    const db = t.kiln.db;
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    await sql`CREATE TEMP TRIGGER refuse_activity BEFORE UPDATE OF last_activity_at ON sessions WHEN new.id = ${sql.lit(s.body.id)} BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`.execute(db);
+    try {
+      assert.equal((await fetch(`${base}${s.body.url}info`)).status, 200);
+      await sleep(600); // three sweeps fail to write it
+    } finally {
+      await sql`DROP TRIGGER refuse_activity`.execute(db);
+    }
+    await sleep(600);
+    const row = await db.selectFrom('sessions').select('last_activity_at').where('id', '=', s.body.id).executeTakeFirstOrThrow();
+    const view = (await api('GET', `/v1/sessions/${s.body.id}`)).body;
+    assert.equal(view.status, 'ready');
+    assert.equal(row.last_activity_at, view.lastActivityAt);
+    await api('DELETE', `/v1/sessions/${s.body.id}`);
   });
 
   test('50 concurrent creates against a pool of 5: each succeeds or gets 503, none hangs', async () => {
