@@ -65,6 +65,8 @@ function loop(conn: number): void {
   let length = -1;
   /** A request was sent and its response is not complete. */
   let inFlight = false;
+  /** The response in flight ends its connection (`Connection: close`). */
+  let last = false;
   let done = false;
   let socket: net.Socket | undefined;
 
@@ -112,13 +114,14 @@ function loop(conn: number): void {
       const m = /\r\ncontent-length:[ \t]*(\d+)/i.exec(head);
       if (!m) fail('a response without Content-Length');
       length = headEnd + HEAD_END.length + Number(m[1]);
-      if (/\r\nconnection:[ \t]*close/i.test(head)) socket = undefined; // the server closes it after this response
+      last = /\r\nconnection:[ \t]*close/i.test(head);
     }
     if (bytes.length < length) return void (pending = bytes);
     if (bytes.length > length) fail('bytes after the response');
     pending = undefined;
     length = -1;
     inFlight = false;
+    if (last) (socket?.destroy(), (socket = undefined));
     total++;
     // Only requests started and finished inside the window count, so none straddles its edges.
     const t1 = performance.now();

@@ -47,6 +47,25 @@ async function poolReady(template: string, n: number): Promise<void> {
   assert.fail(`pool ${template} never had ${n} ready: ${JSON.stringify(t.kiln.sessions.poolViews())}`);
 }
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A new session of `template`, once it is ready. */
+async function readySession(template: string): Promise<{ id: string; url: string }> {
+  const s = await api('POST', '/v1/sessions', { template });
+  assert.equal(s.status, 201, JSON.stringify(s.body));
+  for (let i = 0; i < 200 && (await api('GET', `/v1/sessions/${s.body.id}`)).body.status !== 'ready'; i++) await sleep(50);
+  return s.body;
+}
+
+/** Wait up to 5 s for `check` to hold. */
+async function eventually(check: () => Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if (await check()) return;
+    await sleep(50);
+  }
+  assert.fail(what);
+}
+
 /** Read server-sent events until `stop` says so (with the CLI's own reader). */
 async function readEvents(path: string, stop: (event: string) => boolean): Promise<{ event: string; data: any }[]> {
   const out: { event: string; data: any }[] = [];
@@ -241,14 +260,13 @@ describe('sessions', () => {
     assert.equal((await api('GET', `/v1/sessions/${s.body.id}`)).body.status, 'stopped');
 
     // An open WebSocket is activity: the session outlives idleTimeoutS while it is open.
-    const kept = await api('POST', '/v1/sessions', { template: 'short-web' });
-    for (let i = 0; i < 200 && (await api('GET', `/v1/sessions/${kept.body.id}`)).body.status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 50));
-    const ws = new WebSocket(`${base.replace('http', 'ws')}${kept.body.url}ws`);
+    const kept = await readySession('short-web');
+    const ws = new WebSocket(`${base.replace('http', 'ws')}${kept.url}ws`);
     await new Promise((ok) => ws.once('open', ok));
-    await new Promise((r) => setTimeout(r, 3500));
-    assert.equal((await api('GET', `/v1/sessions/${kept.body.id}`)).body.status, 'ready');
+    await sleep(3500);
+    assert.equal((await api('GET', `/v1/sessions/${kept.id}`)).body.status, 'ready');
     ws.close();
-    await api('DELETE', `/v1/sessions/${kept.body.id}`);
+    await api('DELETE', `/v1/sessions/${kept.id}`);
 
     const brief = await api('POST', '/v1/sessions', { template: 'brief-web' });
     const briefEvents = await readEvents(`/v1/sessions/${brief.body.id}/events`, (e) => e === 'stopped');
@@ -257,47 +275,40 @@ describe('sessions', () => {
   });
 
   test('the store gets a session\'s last activity at the sweep after it moved, and no write while it is idle', async () => {
-    const s = await api('POST', '/v1/sessions', { template: 'demo-web' });
-    assert.equal(s.status, 201, JSON.stringify(s.body));
-    for (let i = 0; i < 200 && (await api('GET', `/v1/sessions/${s.body.id}`)).body.status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 50));
+    const s = await readySession('demo-web');
     const db = t.kiln.db;
     // A trigger on kiln's own (single) SQLite connection counts the writes of the column.
     await sql`CREATE TEMP TABLE IF NOT EXISTS activity_writes (id TEXT)`.execute(db);
     await sql`CREATE TEMP TRIGGER IF NOT EXISTS count_activity_writes AFTER UPDATE OF last_activity_at ON sessions BEGIN INSERT INTO activity_writes VALUES (new.id); END`.execute(db);
-    const writes = async () => (await sql<{ n: number }>`SELECT count(*) AS n FROM activity_writes WHERE id = ${s.body.id}`.execute(db)).rows[0]!.n;
-    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const writes = async () => (await sql<{ n: number }>`SELECT count(*) AS n FROM activity_writes WHERE id = ${s.id}`.execute(db)).rows[0]!.n;
     await sleep(600); // a sweep (every 0.2 s here) stores the claim's activity
     const settled = await writes();
     await sleep(1200); // six sweeps, no request
     assert.equal(await writes(), settled, 'an idle session was written again');
 
-    assert.equal((await fetch(`${base}${s.body.url}info`)).status, 200);
-    await sleep(600);
-    assert.ok((await writes()) > settled, 'a proxied request never reached the store');
-    const row = await db.selectFrom('sessions').select('last_activity_at').where('id', '=', s.body.id).executeTakeFirstOrThrow();
-    assert.equal(row.last_activity_at, (await api('GET', `/v1/sessions/${s.body.id}`)).body.lastActivityAt);
-    await api('DELETE', `/v1/sessions/${s.body.id}`);
+    assert.equal((await fetch(`${base}${s.url}info`)).status, 200);
+    await eventually(async () => (await writes()) > settled, 'a proxied request never reached the store');
+    const row = await db.selectFrom('sessions').select('last_activity_at').where('id', '=', s.id).executeTakeFirstOrThrow();
+    assert.equal(row.last_activity_at, (await api('GET', `/v1/sessions/${s.id}`)).body.lastActivityAt);
+    await api('DELETE', `/v1/sessions/${s.id}`);
   });
 
   test('a sweep whose write the store refuses does not end kiln; the next one stores the activity', async () => {
-    const s = await api('POST', '/v1/sessions', { template: 'demo-web' });
-    assert.equal(s.status, 201, JSON.stringify(s.body));
-    for (let i = 0; i < 200 && (await api('GET', `/v1/sessions/${s.body.id}`)).body.status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 50));
+    const s = await readySession('demo-web');
     const db = t.kiln.db;
-    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-    await sql`CREATE TEMP TRIGGER refuse_activity BEFORE UPDATE OF last_activity_at ON sessions WHEN new.id = ${sql.lit(s.body.id)} BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`.execute(db);
+    const stored = async () => (await db.selectFrom('sessions').select('last_activity_at').where('id', '=', s.id).executeTakeFirstOrThrow()).last_activity_at;
+    await sql`CREATE TEMP TRIGGER refuse_activity BEFORE UPDATE OF last_activity_at ON sessions WHEN new.id = ${sql.lit(s.id)} BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`.execute(db);
     try {
-      assert.equal((await fetch(`${base}${s.body.url}info`)).status, 200);
+      assert.equal((await fetch(`${base}${s.url}info`)).status, 200);
       await sleep(600); // three sweeps fail to write it
+      assert.notEqual(await stored(), (await api('GET', `/v1/sessions/${s.id}`)).body.lastActivityAt);
     } finally {
       await sql`DROP TRIGGER refuse_activity`.execute(db);
     }
-    await sleep(600);
-    const row = await db.selectFrom('sessions').select('last_activity_at').where('id', '=', s.body.id).executeTakeFirstOrThrow();
-    const view = (await api('GET', `/v1/sessions/${s.body.id}`)).body;
+    const view = (await api('GET', `/v1/sessions/${s.id}`)).body;
     assert.equal(view.status, 'ready');
-    assert.equal(row.last_activity_at, view.lastActivityAt);
-    await api('DELETE', `/v1/sessions/${s.body.id}`);
+    await eventually(async () => (await stored()) === view.lastActivityAt, 'the activity never reached the store after the refusals');
+    await api('DELETE', `/v1/sessions/${s.id}`);
   });
 
   test('50 concurrent creates against a pool of 5: each succeeds or gets 503, none hangs', async () => {
