@@ -156,6 +156,8 @@ test('languages, templates, info, health, metrics and docs answer', async () => 
   assert.match(metrics, /kiln_runs_total\{language="python",verdict="ok"\} \d+/);
   assert.match(metrics, /kiln_run_queue_depth 0/);
   assert.match(metrics, /kiln_run_duration_seconds_bucket/);
+  // Node's own figures, the event-loop lag among them (sampled by a timer of kiln's choosing).
+  assert.match(metrics, /kiln_process_nodejs_eventloop_lag_p99_seconds \d/);
   assert.equal((await t.app.inject({ url: '/docs/json' })).json().paths['/v1/runs'] !== undefined, true);
 });
 
