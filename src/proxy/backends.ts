@@ -12,8 +12,9 @@
  *   or idle.
  */
 import http from 'node:http';
-import net, { type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { PortLink } from '../runtimes/types.js';
+import { socketOf } from '../runtimes/netns.js';
 import { NativeWire, StreamWire, nativeWires, type Wire } from './wire.js';
 
 /** Idle connections kept per link; more are closed as they come back. */
@@ -57,16 +58,13 @@ function connectWire(b: Backend): Wire {
 
 function newWire(link: PortLink): Wire {
   if (!link.connectFd || !nativeWires()) return new StreamWire(link.connect());
-  let fd: number;
+  let fd: number | Error;
   try {
     fd = link.connectFd();
   } catch (e) {
-    // Refused or gone: an error event, as from any link (and not a second try through connect()).
-    const failed = new net.Socket();
-    process.nextTick(() => failed.destroy(e as Error));
-    return new StreamWire(failed);
+    fd = e as Error; // refused or gone: an error event, as from any link (and not a second try through connect())
   }
-  return NativeWire.fromFd(fd) ?? new StreamWire(new net.Socket({ fd, readable: true, writable: true }));
+  return (typeof fd === 'number' && NativeWire.fromFd(fd)) || new StreamWire(socketOf(fd));
 }
 
 /** A connection that finished an exchange cleanly and may carry another. */

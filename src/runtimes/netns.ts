@@ -73,19 +73,25 @@ export class NetnsPorts {
   }
 
   private connect(port: number): net.Socket {
+    let fd: number | Error;
     try {
-      const fd = this.connectFd(port);
-      return new net.Socket({ fd, readable: true, writable: true });
+      fd = this.connectFd(port);
     } catch (e) {
-      // As net.connect reports a refusal: an error event on the socket, not a throw.
-      const s = new net.Socket();
-      process.nextTick(() => s.destroy(e as Error));
-      return s;
+      fd = e as Error;
     }
+    return socketOf(fd);
   }
 
   close(): void {
     if (this.nsFd !== undefined) closeSync(this.nsFd);
     this.nsFd = undefined;
   }
+}
+
+/** node:net's socket for a connection's fd, or one whose error event says why there is none (as net.connect reports a refusal, not a throw). */
+export function socketOf(fd: number | Error): net.Socket {
+  if (typeof fd === 'number') return new net.Socket({ fd, readable: true, writable: true });
+  const s = new net.Socket();
+  process.nextTick(() => s.destroy(fd));
+  return s;
 }

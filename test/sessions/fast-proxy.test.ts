@@ -40,6 +40,11 @@ def read_chunked(c, buf):
                 if t == b'\r\n': return raw, buf
         data, buf = read_n(c, buf, size + 2)
         raw += data
+IN_PARTS = {
+    '/head-then-body': [b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n', 0.3, b'hello'],
+    '/stream': [b'HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n', 0.3, b'5\r\nhello\r\n0\r\n\r\n'],
+    '/split-head': [b'HTTP/1.1 200 OK\r\nX-Split: y', 0.1, b'es\r\nContent-Length: 2\r\n\r\nok'],
+}
 def serve(c):
     buf = b''
     while True:
@@ -72,25 +77,16 @@ def serve(c):
         if path == '/hop':
             c.sendall(b'HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=9\r\nReferrer-Policy: no-referrer\r\nContent-Length: 2\r\n\r\nok')
             continue
-        if path == '/head-then-body':
-            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n')
-            time.sleep(0.3)
-            c.sendall(b'hello')
+        if path in IN_PARTS:
+            # A response sent in parts, with pauses between them (a number is seconds to wait).
+            for part in IN_PARTS[path]:
+                if isinstance(part, float): time.sleep(part)
+                else: c.sendall(part)
             continue
         if path == '/head-then-close':
             c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n')
             time.sleep(0.1)
             return c.close()
-        if path == '/stream':
-            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n')
-            time.sleep(0.3)
-            c.sendall(b'5\r\nhello\r\n0\r\n\r\n')
-            continue
-        if path == '/split-head':
-            c.sendall(b'HTTP/1.1 200 OK\r\nX-Split: y')
-            time.sleep(0.1)
-            c.sendall(b'es\r\nContent-Length: 2\r\n\r\nok')
-            continue
         if path == '/hang':
             time.sleep(60)
             continue

@@ -10,6 +10,7 @@ import net from 'node:net';
 import { after, before, test } from 'node:test';
 import { NativeWire, keep, nativeWires, type Wire, type WireHandlers } from '../../src/proxy/wire.js';
 import { NetnsPorts } from '../../src/runtimes/netns.js';
+import { takeBackend } from '../../src/proxy/backends.js';
 
 let server: net.Server;
 let port: number;
@@ -232,6 +233,20 @@ test('a wire from an fd still connecting sends what was written once connected',
   peer.write('late');
   await until('late', () => log.text() === 'late');
   wire.destroy();
+});
+
+test('a backend connection the link cannot make (its sandbox gone) fails as an event, without a second try', async () => {
+  const ports = new NetnsPorts('wire-test-gone', process.pid);
+  const link = ports.link(port);
+  let connects = 0;
+  const counted = { ...link, connect: () => (connects++, link.connect()) };
+  ports.close();
+  const { wire } = takeBackend(counted);
+  const log = record(wire);
+  wire.resume();
+  await until('gone', () => log.events.includes('gone'));
+  assert.equal(connects, 0, 'the refusal was tried again through connect()');
+  assert.ok(wire.closed);
 });
 
 test('toSocket hands the connection to node:net once what waits is sent', async () => {
