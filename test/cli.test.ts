@@ -112,7 +112,10 @@ test('kiln serve answers over HTTP and kiln runs create talks to it', async () =
     assert.match(link!, new RegExp(`^${url}/s/[A-Za-z0-9_-]{22}/$`));
     assert.equal((await fetch(link!)).status, 200, 'the printed URL serves the app (waiting for a cold start)');
     const ls = await cli(['session', 'ls']);
-    assert.match(ls.out, new RegExp(`${id}\\s+demo-web\\s+ready`));
+    assert.match(ls.out, /^ID\s+TEMPLATE\s+STATUS\s+REASON\s+CREATED\s+URL\n/, 'a header line first');
+    assert.match(ls.out, new RegExp(`\n${id}\\s+demo-web\\s+ready\\s+\\S+\\s+${link}\n`), 'a live session shows its URL');
+    const lsJson = JSON.parse((await cli(['session', 'ls', '--json'])).out) as { id: string; url: string }[];
+    assert.equal(lsJson.find((s) => s.id === id)?.url, new URL(link!).pathname);
     const ex = await cli(['session', 'exec', id!, '--', 'sh', '-c', 'echo from-session; exit 4']);
     assert.equal(ex.out, 'from-session\n');
     assert.equal(ex.code, 4);
@@ -120,6 +123,8 @@ test('kiln serve answers over HTTP and kiln runs create talks to it', async () =
     assert.match(opened.out, new RegExp(`^${url}/s/[A-Za-z0-9_-]{22}/\n$`));
     const rm = await cli(['session', 'rm', id!]);
     assert.match(rm.out, /stopped \(deleted\)/);
+    const after = await cli(['session', 'ls']);
+    assert.match(after.out, new RegExp(`\n${id}\\s+demo-web\\s+stopped\\s+deleted\\s+\\S+\n`), 'an ended session shows its reason and no URL');
     const bad = await cli(['session', 'create', 'nope']);
     assert.equal(bad.code, 2);
     assert.match(bad.err, /^kiln: template: unknown template "nope"/);

@@ -224,10 +224,17 @@ export function buildCli(): Command {
     });
   session
     .command('ls')
-    .description('list sessions')
-    .action(async () => {
-      for (const s of await api<SessionView[]>('GET', '/v1/sessions')) {
-        process.stdout.write(`${s.id}  ${s.template.padEnd(12)} ${s.status.padEnd(8)} ${(s.stopReason ?? '').padEnd(12)} ${s.createdAt}\n`);
+    .description('list sessions (a header line, then one line each; the URL while it can be reached)')
+    .option('--json', 'print the list as JSON')
+    .action(async (o: { json?: boolean }) => {
+      const sessions = await api<SessionView[]>('GET', '/v1/sessions');
+      if (o.json) return void process.stdout.write(`${JSON.stringify(sessions, null, 2)}\n`);
+      const line = (id: string, template: string, status: string, reason: string, created: string, url: string) =>
+        `${id.padEnd(36)}  ${template.padEnd(12)} ${status.padEnd(8)} ${reason.padEnd(12)} ${created.padEnd(24)} ${url}`.trimEnd() + '\n';
+      process.stdout.write(line('ID', 'TEMPLATE', 'STATUS', 'REASON', 'CREATED', 'URL'));
+      for (const s of sessions) {
+        const live = s.status === 'starting' || s.status === 'ready';
+        process.stdout.write(line(s.id, s.template, s.status, s.stopReason ?? '', s.createdAt, live ? `${serverUrl()}${s.url}` : ''));
       }
     });
   session
