@@ -31,7 +31,7 @@ export function registerDeepLink(app: FastifyInstance, kiln: Kiln): void {
     try {
       const session = await kiln.sessions.create({ template: name }, req.principal);
       // To the token URL; a browser arriving there is handed the session's cookie and moved off it by the proxy.
-      return reply.header('cache-control', 'no-store').header('referrer-policy', 'no-referrer').redirect(`${session.url.slice(0, -1)}${t?.openPath ?? '/'}`, 302);
+      return reply.header('cache-control', 'no-store').header('referrer-policy', 'no-referrer').redirect(`/s/${session.token!}${t?.openPath ?? '/'}`, 302);
     } catch (e) {
       const err = e as KilnError;
       if (!isKilnError(err) || (err.status !== 503 && err.status !== 429)) throw e;

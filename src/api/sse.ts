@@ -3,6 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Kiln } from '../app.js';
 import type { Run } from '../runs/types.js';
 import type { SessionView } from '../sessions/types.js';
+import { shownTo } from '../sessions/service.js';
 
 interface EventStream {
   write(event: string, data: unknown): void;
@@ -63,13 +64,13 @@ export function streamSessionEvents(kiln: Kiln, id: string, req: FastifyRequest,
   const onStatus = (stream: EventStream) => (s: SessionView) => {
     if (stream.closed || s.id !== id) return;
     const end = s.status === 'stopped' || s.status === 'failed';
-    stream.write(end ? 'stopped' : 'status', s);
+    stream.write(end ? 'stopped' : 'status', shownTo(s, req.principal));
     if (end) stream.finish();
   };
   const stream = openStream(req, reply, (s) => [
     kiln.events.on('session:status', onStatus(s)),
     kiln.events.on('session:warning', (v, w) => {
-      if (v.id === id) s.write('warning', { ...w, session: v });
+      if (v.id === id) s.write('warning', { ...w, session: shownTo(v, req.principal) });
     }),
   ]);
   kiln.sessions.get(id, req.principal).then(onStatus(stream), stream.finish);

@@ -16,6 +16,8 @@ export class Budget {
   private cpuUsed = 0;
   private memoryUsedMb = 0;
   private readonly waiters: (() => void)[] = [];
+  /** Told of every release (pools short of their target refill then). */
+  private readonly listeners = new Set<() => void>();
 
   constructor(cpuTotal: number | null, memoryTotalMb: number | null) {
     this.cpuTotal = cpuTotal ?? cpus().length;
@@ -43,6 +45,13 @@ export class Budget {
     this.cpuUsed = Math.max(0, this.cpuUsed - r.cpus);
     this.memoryUsedMb = Math.max(0, this.memoryUsedMb - r.memoryMb);
     for (const wake of this.waiters.splice(0)) wake();
+    for (const listener of this.listeners) listener();
+  }
+
+  /** Call `fn` after each release; returns the unsubscribe. */
+  onRelease(fn: () => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
   }
 
   snapshot(): { cpuTotal: number; cpuUsed: number; memoryTotalMb: number; memoryUsedMb: number } {

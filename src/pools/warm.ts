@@ -49,6 +49,8 @@ export async function startWarm(
   reservation: Reservation,
   extraEnv: Record<string, string> = {},
   token = newToken(),
+  /** Aborted: the start gives up at its next look (the sandbox destroyed) instead of waiting for readiness. */
+  signal?: AbortSignal,
 ): Promise<WarmSandbox> {
   const t: TemplateConfig | undefined = config.templates[templateName];
   if (!t?.command || !t.port) throw new KilnError('not_a_session_template', `template ${templateName} has no command and port: it cannot serve sessions`, 400);
@@ -63,7 +65,7 @@ export async function startWarm(
     // The link is made now, beside the server's own start-up (a gVisor relay takes a while): only the first probe needs it.
     const pending = sandbox.portLink(t.port);
     pending.catch(() => undefined); // a failure is thrown where it is awaited
-    const link = await waitReady(sandbox, pending, t, started, config.sessions.readyTimeoutS * 1000);
+    const link = await waitReady(sandbox, pending, t, started, config.sessions.readyTimeoutS * 1000, signal);
     // Ready: the template's CPU quota holds from here on.
     await sandbox.mainReady?.();
     return { sandbox, template: templateName, token, link, reservation, startedAt: Date.now(), startMs: performance.now() - started };
@@ -78,13 +80,14 @@ export async function startWarm(
  * can see the sandbox's sockets, the polls are cheap looks for a listener and
  * the probe through the link comes only once one is there.
  */
-async function waitReady(sandbox: Sandbox, pending: Promise<PortLink>, t: TemplateConfig, started: number, timeoutMs: number): Promise<PortLink> {
+async function waitReady(sandbox: Sandbox, pending: Promise<PortLink>, t: TemplateConfig, started: number, timeoutMs: number, signal?: AbortSignal): Promise<PortLink> {
   const port = t.port!;
   const deadline = started + timeoutMs;
   let exited = false;
   void sandbox.mainExited?.then(() => (exited = true));
   const httpPath = t.ready && 'http' in t.ready ? t.ready.http : undefined;
   while (performance.now() < deadline) {
+    if (signal?.aborted) throw new KilnError('session_start_cancelled', 'the start was cancelled: the session ended first', 409);
     if (exited) break;
     const listening = sandbox.portListening ? await sandbox.portListening(port) : undefined;
     if (listening !== false) {

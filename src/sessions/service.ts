@@ -14,7 +14,8 @@ import { dropBackend } from '../proxy/backends.js';
 import type { Runtimes } from '../runtimes/index.js';
 import type { ExecResult } from '../runtimes/types.js';
 import type { Db } from '../store/db.js';
-import { sees, type Principal } from '../auth/principal.js';
+import { sql } from 'kysely';
+import { can, sees, type Principal } from '../auth/principal.js';
 import { argvProblem, envProblem } from '../sandbox/argv.js';
 import { SESSION_STATUS, TRANSITIONS, type SessionRequest, type SessionStatus, type SessionView, type StopReason } from './types.js';
 
@@ -44,6 +45,11 @@ export class LiveSession {
   /** Resolves when the session leaves `starting`. */
   readonly settled: Promise<void>;
   settle!: () => void;
+  /** The stop in progress: every later stop waits for it, so none answers before the sandbox is gone. */
+  stopped: Promise<void> | undefined;
+  /** A cold start in flight: aborted by a stop, which waits for `startDone` (its sandbox destroyed, its budget back). */
+  readonly cancelStart = new AbortController();
+  startDone: Promise<void> | undefined;
 
   constructor(
     readonly id: string,
@@ -71,7 +77,6 @@ export class LiveSession {
       id: this.id,
       template: this.template,
       status: this.status,
-      url: `/s/${this.token}/`,
       fromPool: this.fromPool,
       createdAt: new Date(this.createdAt).toISOString(),
       expiresAt: new Date(this.createdAt + this.maxDurationS * 1000).toISOString(),
@@ -79,6 +84,7 @@ export class LiveSession {
       idleTimeoutS: this.idleTimeoutS,
       owner: this.owner,
     };
+    if (this.status === 'starting' || this.status === 'ready') v.url = `/s/${this.token}/`;
     if (withToken) v.token = this.token;
     if (this.metadata) v.metadata = this.metadata;
     if (this.readyAt) v.readyAt = new Date(this.readyAt).toISOString();
@@ -90,6 +96,13 @@ export class LiveSession {
 }
 
 const hashToken = (token: string) => createHash('sha256').update(token).digest('hex');
+
+/** A session as `principal` may see it: the URL opens the session's server, so only callers that may use sessions get it. */
+export function shownTo(v: SessionView, principal: Principal): SessionView {
+  if (v.url === undefined || can(principal, 'sessions:write')) return v;
+  const { url: _url, token: _token, ...rest } = v;
+  return rest;
+}
 const REQUEST_KEYS = new Set(['template', 'env', 'idleTimeoutS', 'maxDurationS', 'metadata']);
 
 export class SessionService {
@@ -111,9 +124,15 @@ export class SessionService {
 
   /** Mark sessions a dead server left as stopped (their sandboxes were reaped), fill pools, start sweeping. */
   async start(): Promise<number> {
+    // A row a stop had begun on keeps its reason; the rest were live when kiln died.
     const res = await this.deps.db
       .updateTable('sessions')
-      .set({ status: 'stopped', stop_reason: 'shutdown', stopped_at: new Date().toISOString() })
+      .set({
+        status: 'stopped',
+        stop_reason: sql`coalesce(stop_reason, 'shutdown')`,
+        stopped_at: new Date().toISOString(),
+        error: sql`coalesce(error, 'kiln stopped without ending this session; its sandbox was reaped when kiln started again')`,
+      })
       .where('status', 'in', ['starting', 'ready', 'stopping'])
       .executeTakeFirst();
     for (const p of this.pools.values()) p.refill();
@@ -196,7 +215,16 @@ export class SessionService {
       session.status = SESSION_STATUS.ready;
       session.readyAt = Date.now();
       session.settle();
-      await this.insert(session, warm.sandbox.runtime, warm.sandbox.id);
+      try {
+        await this.insert(session, warm.sandbox.runtime, warm.sandbox.id);
+      } catch (e) {
+        // Not handed out after all: the sandbox, its budget and its pool slot go back.
+        dropBackend(warm.link);
+        await warm.sandbox.destroy().catch(() => undefined);
+        this.deps.budget.release(warm.reservation);
+        pool.release();
+        throw e;
+      }
       this.register(session);
       this.deps.events.safeEmit('session:status', session.view());
       this.deps.events.safeEmit('session:claimed', { template: req.template, fromPool: true, ms: performance.now() - started });
@@ -215,6 +243,7 @@ export class SessionService {
       this.register(session);
       const pending = this.coldStart(session, reservation, req.env ?? {}, started, inserted).finally(() => this.coldStarts.delete(pending));
       this.coldStarts.add(pending);
+      session.startDone = pending;
       await inserted;
     }
     return session.view(true);
@@ -231,7 +260,7 @@ export class SessionService {
   private async coldStart(session: LiveSession, reservation: Reservation, env: Record<string, string>, started: number, inserted: Promise<void>): Promise<void> {
     let warm: WarmSandbox | undefined;
     try {
-      const starting = startWarm(this.deps.config, this.deps.runtimes, session.template, reservation, env, session.token);
+      const starting = startWarm(this.deps.config, this.deps.runtimes, session.template, reservation, env, session.token, session.cancelStart.signal);
       // Both settle before either is looked at, so a failed insert never leaves a sandbox running.
       const [row, sandbox] = await Promise.allSettled([inserted, starting]);
       if (sandbox.status === 'rejected') throw sandbox.reason;
@@ -258,12 +287,14 @@ export class SessionService {
   }
 
   private watchMain(session: LiveSession): void {
-    void session.warm?.sandbox.mainExited?.then(async () => {
-      if (session.status === 'ready') {
-        session.error = 'the server exited';
-        await this.stop(session, 'failed');
-      }
-    });
+    void session.warm?.sandbox.mainExited
+      ?.then(async () => {
+        if (session.status === 'ready') {
+          session.error = 'the server exited';
+          await this.stop(session, 'failed');
+        }
+      })
+      .catch((e: unknown) => this.deps.log?.error({ err: messageOf(e), session: session.id }, 'ending a session whose server exited failed'));
   }
 
   private register(session: LiveSession): void {
@@ -298,7 +329,13 @@ export class SessionService {
       .execute();
   }
 
-  /** The one place a status changes: checked against TRANSITIONS, stored, emitted. */
+  /**
+   * The one place a status changes: checked against TRANSITIONS, stored,
+   * emitted. Memory is the truth for live sessions: a write the store refuses
+   * is logged and the change stands, so a session whose row cannot be written
+   * still ends and gives its sandbox back (at the next start the row is
+   * closed as one kiln did not end).
+   */
   private async transition(session: LiveSession, to: SessionStatus, reason?: StopReason, also: { sandbox_id?: string } = {}): Promise<void> {
     if (!TRANSITIONS[session.status].includes(to)) return;
     session.status = to;
@@ -307,21 +344,42 @@ export class SessionService {
     if (to === 'stopped' || to === 'failed') session.stoppedAt = Date.now();
     if (to !== 'starting') session.settle();
     const v = session.view();
-    await this.deps.db
-      .updateTable('sessions')
-      .set({ ...also, status: to, stop_reason: v.stopReason ?? null, ready_at: v.readyAt ?? null, stopped_at: v.stoppedAt ?? null, last_activity_at: v.lastActivityAt, error: v.error ?? null })
-      .where('id', '=', session.id)
-      .execute();
+    try {
+      await this.deps.db
+        .updateTable('sessions')
+        .set({ ...also, status: to, stop_reason: v.stopReason ?? null, ready_at: v.readyAt ?? null, stopped_at: v.stoppedAt ?? null, last_activity_at: v.lastActivityAt, error: v.error ?? null })
+        .where('id', '=', session.id)
+        .execute();
+    } catch (e) {
+      this.deps.log?.error({ err: messageOf(e), session: session.id, status: to }, 'the store refused a session status change');
+    }
     this.deps.events.safeEmit('session:status', v);
   }
 
-  /** End a session: its sandbox is destroyed and its budget and pool slot freed. */
-  async stop(session: LiveSession, reason: StopReason): Promise<void> {
-    if (session.status === 'stopping' || session.status === 'stopped' || session.status === 'failed') return;
+  /**
+   * End a session: its sandbox is destroyed and its budget and pool slot freed,
+   * then it is `stopped` (`failed` when its server died). A second stop waits
+   * for the first, so every caller answers after the sandbox is gone.
+   */
+  stop(session: LiveSession, reason: StopReason): Promise<void> {
+    if (session.stopped) return session.stopped;
+    if (session.status === 'stopped' || session.status === 'failed') return Promise.resolve();
+    session.stopped = this.end(session, reason);
+    return session.stopped;
+  }
+
+  private async end(session: LiveSession, reason: StopReason): Promise<void> {
     const wasStarting = session.status === 'starting';
     await this.transition(session, 'stopping', reason);
-    if (!wasStarting) await this.release(session);
-    await this.transition(session, 'stopped', reason);
+    try {
+      if (wasStarting) {
+        // The cold start sees the stop, destroys what it made and gives the budget back.
+        session.cancelStart.abort();
+        await session.startDone;
+      } else await this.release(session);
+    } finally {
+      await this.transition(session, reason === 'failed' ? 'failed' : 'stopped', reason);
+    }
   }
 
   private async release(session: LiveSession): Promise<void> {
@@ -345,7 +403,8 @@ export class SessionService {
         continue;
       }
       if (s.status !== 'ready') continue;
-      if (s.openSockets > 0) s.touch();
+      const inUse = s.openSockets > 0;
+      if (inUse) s.touch();
       const idleLeft = s.idleTimeoutS * 1000 - (now - s.lastActivity);
       const durationLeft = s.maxDurationS * 1000 - (now - s.createdAt);
       if (durationLeft <= 0) {
@@ -356,11 +415,13 @@ export class SessionService {
         await this.stop(s, 'idle');
         continue;
       }
-      if (!s.warned.duration && durationLeft <= s.warnings.durationS * 1000) {
+      // A warning comes at most halfway through its period: with a period shorter than the
+      // configured warning, every request would otherwise be followed by a warning at once.
+      if (!s.warned.duration && durationLeft <= Math.min(s.warnings.durationS * 1000, s.maxDurationS * 500)) {
         s.warned.duration = true;
         this.deps.events.safeEmit('session:warning', s.view(), { kind: 'max_duration', inS: Math.ceil(durationLeft / 1000) });
       }
-      if (!s.warned.idle && idleLeft <= s.warnings.idleS * 1000) {
+      if (!inUse && !s.warned.idle && idleLeft <= Math.min(s.warnings.idleS * 1000, s.idleTimeoutS * 500)) {
         s.warned.idle = true;
         this.deps.events.safeEmit('session:warning', s.view(), { kind: 'idle', inS: Math.ceil(idleLeft / 1000) });
       }
@@ -404,7 +465,7 @@ export class SessionService {
     const s = this.byId.get(id);
     if (s) {
       if (!sees(principal, s.owner)) throw notFound('session', id);
-      return s.view();
+      return shownTo(s.view(), principal);
     }
     const row = await this.deps.db.selectFrom('sessions').selectAll().where('id', '=', id).executeTakeFirst();
     if (!row || !sees(principal, row.owner)) throw notFound('session', id);
@@ -413,7 +474,6 @@ export class SessionService {
       template: row.template,
       status: row.status as SessionStatus,
       ...(row.stop_reason ? { stopReason: row.stop_reason as StopReason } : {}),
-      url: '',
       fromPool: row.from_pool === 1,
       createdAt: row.created_at,
       expiresAt: row.expires_at,
@@ -428,13 +488,13 @@ export class SessionService {
   /** Live sessions and those stopped within `stalePeriodS`. */
   list(principal?: Principal): SessionView[] {
     const all = [...this.byId.values()];
-    return (principal ? all.filter((s) => sees(principal, s.owner)) : all).map((s) => s.view());
+    return principal ? all.filter((s) => sees(principal, s.owner)).map((s) => shownTo(s.view(), principal)) : all.map((s) => s.view());
   }
 
   async remove(id: string, principal: Principal): Promise<SessionView> {
     const s = this.live(id, principal);
     await this.stop(s, 'deleted');
-    return s.view();
+    return shownTo(s.view(), principal);
   }
 
   /** The session once ready: a call on a starting session waits for it (up to holdRequestS), as browsers do. */
@@ -461,11 +521,14 @@ export class SessionService {
     const timeoutMs = (b.timeoutMs as number | undefined) ?? this.deps.config.runs.defaults.wallMs;
     s.openSockets++;
     try {
-      return await s.warm.sandbox.exec({
+      const result = await s.warm.sandbox.exec({
         command: b.command as string[],
         stdin: b.stdin as string | undefined,
         limits: { wallMs: timeoutMs, cpuMs: timeoutMs, memoryMb: spec.limits.memoryMb, pids: spec.limits.pids, outputBytes: this.deps.config.runs.defaults.outputBytes },
       });
+      // Killed because the session ended, not by its own limits: say so instead of passing on the kill.
+      if (s.status !== 'ready') throw new KilnError('session_not_ready', `session ${id} ended (${s.stopReason ?? s.status}) while the command ran`, 409);
+      return result;
     } finally {
       s.openSockets--;
       s.touch();
@@ -490,8 +553,10 @@ export class SessionService {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.sweeper);
+    // Pools close first: a session that ends gives its slot back, which would otherwise start a sandbox to replace it.
+    const pools = Promise.all([...this.pools.values()].map((p) => p.close()));
     await Promise.all([...this.byId.values()].map((s) => this.stop(s, 'shutdown')));
     await Promise.all(this.coldStarts);
-    await Promise.all([...this.pools.values()].map((p) => p.close()));
+    await pools;
   }
 }

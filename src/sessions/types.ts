@@ -3,8 +3,8 @@
  * `/s/<token>/` through kiln's proxy.
  *
  *   starting ──ready──▶ ready ──stop──▶ stopping ──▶ stopped
- *       │                                              ▲
- *       └────────────── failed ◀── (server died) ──────┘ (stopReason failed)
+ *       │                                     └──────▶ failed  (stopReason failed: the server died)
+ *       └──(start failed)───────────────────────────▶ failed  (stopReason failed)
  *
  * - token      — 128+ random bits; the session's URL secret. Only its hash is stored.
  * - activity   — proxied requests, open sockets, exec and file calls; each one
@@ -18,7 +18,7 @@ export type SessionStatus = (typeof SESSION_STATUS)[keyof typeof SESSION_STATUS]
 export const TRANSITIONS: Record<SessionStatus, SessionStatus[]> = {
   starting: ['ready', 'stopping', 'failed'],
   ready: ['stopping', 'failed'],
-  stopping: ['stopped'],
+  stopping: ['stopped', 'failed'],
   stopped: [],
   failed: [],
 };
@@ -32,8 +32,13 @@ export interface SessionView {
   template: string;
   status: SessionStatus;
   stopReason?: StopReason;
-  url: string;
-  /** Only in the answer to the create call: the URL secret is shown once. */
+  /**
+   * `/s/<token>/`: whoever has it uses the session's server. Shown while the
+   * session is live, and only to callers that may use it (`sessions:write`):
+   * a read-only credential lists sessions without getting into them.
+   */
+  url?: string;
+  /** Only in the answer to the create call. */
   token?: string;
   fromPool: boolean;
   metadata?: Record<string, string>;

@@ -159,6 +159,29 @@ describe('auth', () => {
     assert.ok(!audit.some((e) => e.action === 'session.exec' && e.target === id), 'the owner\'s own exec is not an admin action');
   });
 
+  test('a read-only credential lists its sessions without their URL secrets', async () => {
+    const writer = await jwt({ sub: 'viewer', scope: 'sessions:write sessions:read' });
+    const reader = await jwt({ sub: 'viewer', scope: 'sessions:read' });
+    const s = await call('POST', '/v1/sessions', { token: writer, body: { template: 'demo-web' } });
+    assert.equal(s.status, 201);
+    assert.match(s.body.url, /^\/s\/[A-Za-z0-9_-]{22}\/$/);
+    const secret = s.body.url.split('/')[2];
+    const listed = await call('GET', '/v1/sessions', { token: reader });
+    assert.deepEqual(listed.body.map((v: { id: string }) => v.id), [s.body.id], 'the same principal, so it sees the session');
+    const one = await call('GET', `/v1/sessions/${s.body.id}`, { token: reader });
+    assert.equal(one.status, 200);
+    const events = await fetch(`${base}/v1/sessions/${s.body.id}/events`, { headers: { authorization: `Bearer ${reader}` } });
+    const reading = events.body!.getReader();
+    const first = new TextDecoder().decode((await reading.read()).value);
+    await reading.cancel();
+    assert.match(first, /^event: status\n/);
+    for (const [what, text] of [['list', JSON.stringify(listed.body)], ['get', JSON.stringify(one.body)], ['events', first]] as const) {
+      assert.ok(!text.includes(secret), `${what} gave a read-only credential the URL secret: ${text}`);
+    }
+    assert.equal((await call('GET', `/v1/sessions/${s.body.id}`, { token: writer })).body.url, s.body.url, 'a credential that may use it still sees it');
+    assert.equal((await call('DELETE', `/v1/sessions/${s.body.id}`, { token: writer })).status, 200);
+  });
+
   test('a JWT limits claim caps what its holder may ask for', async () => {
     const token = await jwt({ sub: 'capped', scope: 'runs:write runs:read sessions:write', limits: { wallMs: 300, cpuMs: 300 } });
     const r = await call('POST', '/v1/runs', { token, body: { language: 'python', files: [{ name: 'a.py', content: 'while True: pass' }], limits: { wallMs: 20000, cpuMs: 20000 } } });

@@ -6,6 +6,7 @@ import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Docker from 'dockerode';
+import Database from 'better-sqlite3';
 
 const CLI = ['--import', import.meta.resolve('tsx'), join(import.meta.dirname, '..', '..', 'src', 'cli', 'dev.ts')];
 
@@ -48,7 +49,9 @@ test('SIGKILL then restart: orphans are reaped on both runtimes and sessions rea
   let server = await startServer(dir, port);
   try {
     await poolsReady(server.url, { 'demo-web': 2, 'demo-docker': 1 });
-    const created = (await (await fetch(`${server.url}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"template":"demo-web"}' })).json()) as { id: string; url: string };
+    const create = async () => (await (await fetch(`${server.url}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"template":"demo-web"}' })).json()) as { id: string; url: string };
+    const created = await create();
+    const beingDeleted = await create();
     assert.equal((await fetch(`${server.url}${created.url}info`)).status, 200);
     const instanceId = readFileSync(join(dir, 'data', 'instance-id'), 'utf8').trim();
     const containers = () => docker.listContainers({ all: true, filters: { label: [`kiln.instance=${instanceId}`] } });
@@ -58,6 +61,10 @@ test('SIGKILL then restart: orphans are reaped on both runtimes and sessions rea
     await new Promise((r) => server.child.once('close', r));
     // Docker containers outlive the server: they are the orphans a restart must find.
     assert.ok((await containers()).length >= 1, 'containers survived the crash');
+    // The crash came in the middle of a DELETE of the second session (its row as the stop's first write leaves it).
+    const store = new Database(join(dir, 'data', 'kiln.db'));
+    store.prepare(`UPDATE sessions SET status = 'stopping', stop_reason = 'deleted' WHERE id = ?`).run(beingDeleted.id);
+    store.close();
 
     server = await startServer(dir, port);
     await poolsReady(server.url, { 'demo-web': 2, 'demo-docker': 1 });
@@ -67,9 +74,14 @@ test('SIGKILL then restart: orphans are reaped on both runtimes and sessions rea
     const pools = (await (await fetch(`${server.url}/v1/pools`)).json()) as { template: string; ready: number; starting: number; claimed: number }[];
     const dockerPool = pools.find((p) => p.template === 'demo-docker')!;
     assert.ok(after.length <= dockerPool.ready + dockerPool.starting, `only the new pool's containers exist: ${JSON.stringify(after.map((c) => [c.Names, c.State]))} ${JSON.stringify(dockerPool)}`);
-    const session = (await (await fetch(`${server.url}/v1/sessions/${created.id}`)).json()) as { status: string; stopReason: string };
+    type Ended = { status: string; stopReason: string; error?: string; url?: string };
+    const session = (await (await fetch(`${server.url}/v1/sessions/${created.id}`)).json()) as Ended;
     assert.equal(session.status, 'stopped');
     assert.equal(session.stopReason, 'shutdown');
+    assert.match(session.error ?? '', /kiln stopped without ending this session/);
+    assert.equal(session.url, undefined);
+    const deleted = (await (await fetch(`${server.url}/v1/sessions/${beingDeleted.id}`)).json()) as Ended;
+    assert.deepEqual([deleted.status, deleted.stopReason], ['stopped', 'deleted'], 'a stop that had begun keeps its reason');
     assert.equal((await fetch(`${server.url}${created.url}info`)).status, 404, 'the old URL leads nowhere');
     // No process of the old server's sandboxes or bridges survives.
     const ps = spawn('ps', ['-eo', 'args']);
