@@ -47,6 +47,11 @@ export function takeBackend(link: PortLink): { wire: Wire; reused: boolean } {
   return { wire: connectWire(b), reused: false };
 }
 
+/** A new connection, never an idle one (a retry after an idle one was found closed: the others may be as stale). */
+export function freshBackend(link: PortLink): Wire {
+  return connectWire(backendOf(link));
+}
+
 /** A new connection: a native wire when the link gives an fd (a network namespace's), else node's socket. */
 function connectWire(b: Backend): Wire {
   const w = newWire(b.link);

@@ -12,15 +12,17 @@
  * so far, to node's HTTP server, which keeps that connection from then on.
  *
  * One exchange at a time per connection: bytes a client sends ahead
- * (pipelining) wait, unread, until the response before them is done.
+ * (pipelining) wait, unread, until the response before them is done and the
+ * client has taken it (a client that sends and never reads holds one
+ * response in kiln, not all of them).
  *
  * Both sides are wires (./wire.ts): plain TCP connections are read and
  * written by the kiln-wire addon, so a request costs JS one call per read.
  */
 import type net from 'node:net';
 import { NativeWire, StreamWire, keep, type Wire, type WireHandlers } from './wire.js';
-import { BodyFrame, Field, FramingError, HOP_BY_HOP, HeadIndex, HeadWriter, SET_BY_PROXY, copyLines, fieldCodes, responseBody } from './http1.js';
-import { giveBackend, takeBackend } from './backends.js';
+import { BodyFrame, Field, FramingError, HOP_BY_HOP, HeadIndex, HeadWriter, NOT_FOR_BROWSERS, SET_BY_PROXY, copyLines, fieldCodes, responseBody } from './http1.js';
+import { freshBackend, giveBackend, takeBackend } from './backends.js';
 import type { PortLink } from '../runtimes/types.js';
 
 /** Where a request goes, as the session proxy decides it. */
@@ -45,7 +47,7 @@ export interface FastRouter {
 /** Request fields the backend does not get: hop-by-hop ones (but Transfer-Encoding: the body's framing passes through as it is), and those kiln sets itself. */
 const DROP_REQUEST = fieldCodes([...HOP_BY_HOP, ...SET_BY_PROXY].filter((f) => f !== 'transfer-encoding'));
 /** Response fields the client does not get. Transfer-Encoding and Trailer stay: the body's framing passes through as it is. */
-const DROP_RESPONSE = fieldCodes([...HOP_BY_HOP].filter((f) => f !== 'transfer-encoding' && f !== 'trailer'));
+const DROP_RESPONSE = fieldCodes([...[...HOP_BY_HOP].filter((f) => f !== 'transfer-encoding' && f !== 'trailer'), ...NOT_FOR_BROWSERS]);
 
 /** The heads being read: each is read and used within one synchronous step, so one of each serves every connection. */
 const requestHead = new HeadIndex();
@@ -62,6 +64,8 @@ interface Exchange {
   /** The head as sent to the backend: resent once on a fresh connection if a reused one was closed under it. */
   head: Buffer;
   isHead: boolean;
+  /** GET, HEAD or OPTIONS: safe to send again if a kept connection turns out closed before any answer. */
+  idempotent: boolean;
   requestBody: BodyFrame;
   backend: Held;
   /** The backend connection carried an exchange before this one. */
@@ -189,6 +193,10 @@ class ClientConnection {
   private since = performance.now();
   private closeAfter = false;
   private done = false;
+  /** A write to the client had to wait: until it drains, no backend reads on and no next request starts. */
+  private clientFull = false;
+  /** An exchange ended while the client was full: the next request waits for the drain. */
+  private awaitingDrain = false;
 
   constructor(
     private readonly wire: Wire,
@@ -209,12 +217,19 @@ class ClientConnection {
     }
     if (!this.buffered) this.since = performance.now();
     this.buffered = this.buffered ? Buffer.concat([this.buffered, chunk]) : keep(chunk);
-    if (x) this.wire.pause(); // pipelined: waits for the response before it
+    if (x || this.awaitingDrain) this.wire.pause(); // pipelined: waits for the response before it
     else this.next();
   };
 
-  /** The client took what waited: a backend held back for it reads again. */
+  /** The client took what waited: a backend held back for it reads again, or the next request starts. */
   private readonly onDrain = (): void => {
+    this.clientFull = false;
+    if (this.awaitingDrain) {
+      this.awaitingDrain = false;
+      this.since = performance.now();
+      this.wire.resume();
+      return this.next();
+    }
     const h = this.held;
     if (h?.wire.paused && this.exchange?.backend === h) h.wire.resume();
   };
@@ -323,6 +338,7 @@ class ClientConnection {
       route,
       head,
       isHead: rl.method === 'HEAD',
+      idempotent: rl.method === 'GET' || rl.method === 'HEAD' || rl.method === 'OPTIONS',
       requestBody: chunked ? BodyFrame.chunked() : length ? BodyFrame.length(length) : BodyFrame.none(),
       backend,
       reused: backend.used,
@@ -413,6 +429,9 @@ class ClientConnection {
       const status = read === 'ok' ? h.status() : 0;
       if (status === 0 || status === 101) return this.fail(x, BAD_GATEWAY);
       const interim = status < 200;
+      // An HTTP/1.0 response ends its connection unless it says keep-alive (and knows no chunked coding).
+      const http10 = h.buf[7] === 0x30;
+      let keepAlive = false;
       let referrerPolicy = false;
       let length: number | undefined;
       let coding: 'none' | 'chunked' | 'other' = 'none';
@@ -429,11 +448,16 @@ class ClientConnection {
             break;
           case Field.Connection:
             if (h.valueLists(k, 'close')) x.spent = true;
+            if (h.valueLists(k, 'keep-alive')) keepAlive = true;
             break;
           case Field.ReferrerPolicy:
             referrerPolicy = true;
             break;
         }
+      }
+      if (http10) {
+        if (!keepAlive) x.spent = true;
+        if (coding !== 'none') coding = 'other';
       }
       // Room for the body's bytes that came with the head: both go out in one write.
       const out = new HeadWriter(h.length + 64 + (interim ? 0 : data.length - h.length));
@@ -456,7 +480,7 @@ class ClientConnection {
       out.text('\r\n');
       from += h.length;
       x.answered = true;
-      this.wire.write(out.done());
+      if (!this.wire.write(out.done())) this.clientFull = true;
     }
   }
 
@@ -480,7 +504,10 @@ class ClientConnection {
       head.bytes(chunk, from, from + n);
       ok = this.wire.write(head.done());
     } else if (n > 0) ok = this.wire.write(n === chunk.length ? chunk : chunk.subarray(from, from + n));
-    if (!ok) x.backend.wire.pause(); // until the client drains
+    if (!ok) {
+      this.clientFull = true;
+      x.backend.wire.pause(); // until the client drains
+    }
     this.afterResponseBytes(x, chunk, from + n);
   }
 
@@ -505,8 +532,8 @@ class ClientConnection {
     const x = this.exchange;
     if (!x || x.backend !== h) return;
     // A kept connection the server had closed while it was idle: once more on a new one, if nothing was lost.
-    if (x.reused && x.responseBody === undefined && !x.answered && x.pending === undefined && x.requestBody.kind === 'none' && x.route.open()) {
-      const { wire } = takeBackend(x.route.link);
+    if (x.reused && x.idempotent && x.responseBody === undefined && !x.answered && x.pending === undefined && x.requestBody.kind === 'none' && x.route.open()) {
+      const wire = freshBackend(x.route.link);
       x.backend = this.held = this.listen(x.route.link, wire, true);
       x.reused = false;
       wire.write(x.head);
@@ -537,6 +564,10 @@ class ClientConnection {
     else if (x.backend.wire.paused) x.backend.wire.resume();
     if (this.closeAfter) return this.finish();
     this.since = performance.now();
+    if (this.clientFull) {
+      this.awaitingDrain = true;
+      return;
+    }
     this.wire.resume();
     this.next();
   }

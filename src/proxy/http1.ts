@@ -20,6 +20,13 @@ CTL[0x7f] = 1;
 /** Hop-by-hop fields are for one connection only (RFC 9110 §7.6.1). */
 export const HOP_BY_HOP: ReadonlySet<string> = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate']);
 /** Set by the proxy itself; what a client sent under these names is not passed on (x-forwarded-for is extended). */
+/**
+ * Response fields a session's server may not send to browsers: every session
+ * shares kiln's origin, and `Service-Worker-Allowed: /` would let one
+ * session's page install a service worker over all of it (other sessions'
+ * pages, the API's). Without it a worker stays under its script's path.
+ */
+export const NOT_FOR_BROWSERS: ReadonlySet<string> = new Set(['service-worker-allowed']);
 export const SET_BY_PROXY: ReadonlySet<string> = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-prefix']);
 
 /** The fields the proxy reads or drops, by code (in a parsed head); any other field is `Field.Other`. */
@@ -43,6 +50,7 @@ export const enum Field {
   Cookie,
   SecFetchMode,
   ReferrerPolicy,
+  ServiceWorkerAllowed,
 }
 
 const FIELD_NAMES: [string, Field][] = [
@@ -64,6 +72,7 @@ const FIELD_NAMES: [string, Field][] = [
   ['cookie', Field.Cookie],
   ['sec-fetch-mode', Field.SecFetchMode],
   ['referrer-policy', Field.ReferrerPolicy],
+  ['service-worker-allowed', Field.ServiceWorkerAllowed],
 ];
 /** Known names by length, as bytes: a field's name is matched without a string being made of it. */
 const NAMES_BY_LENGTH: [Uint8Array, Field][][] = [];

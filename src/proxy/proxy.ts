@@ -16,7 +16,7 @@ import tls from 'node:tls';
 import { timingSafeEqual } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { FastPath, type FastRoute, type FastRouter } from './fast.js';
-import { HOP_BY_HOP, SET_BY_PROXY } from './http1.js';
+import { HOP_BY_HOP, NOT_FOR_BROWSERS, SET_BY_PROXY, readHead } from './http1.js';
 import type { SessionService, LiveSession } from '../sessions/service.js';
 import type { KilnConfig } from '../config/schema.js';
 import { pageHtml } from './pages.js';
@@ -95,13 +95,13 @@ export function hasBody(rawHeaders: string[]): boolean {
   return false;
 }
 
-/** The backend's response headers as they came (a flat name/value list), less hop-by-hop ones. */
+/** The backend's response headers as they came (a flat name/value list), less hop-by-hop ones and those not for browsers. */
 export function responseHeaders(rawHeaders: string[]): string[] {
   const out: string[] = [];
   let referrerPolicy = false;
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const lower = rawHeaders[i]!.toLowerCase();
-    if (HOP_BY_HOP.has(lower)) continue;
+    if (HOP_BY_HOP.has(lower) || NOT_FOR_BROWSERS.has(lower)) continue;
     if (lower === 'referrer-policy') referrerPolicy = true;
     out.push(rawHeaders[i]!, rawHeaders[i + 1]!);
   }
@@ -300,6 +300,10 @@ export class SessionProxy implements FastRouter {
     upstream.on('response', (up) => {
       res.writeHead(up.statusCode ?? 502, up.statusMessage, responseHeaders(up.rawHeaders));
       relay(up, res);
+      // A server that breaks off mid-response: the client's response is cut too (not left open, counted as in use).
+      up.once('close', () => {
+        if (!up.complete) res.destroy();
+      });
     });
     upstream.on('error', () => {
       if (!res.headersSent) send(res, 502, 'Bad gateway', 'The session’s server did not answer.');
@@ -310,7 +314,12 @@ export class SessionProxy implements FastRouter {
     else upstream.end();
   }
 
-  /** WebSocket (or any) upgrade: replay the request head to the backend, then splice the sockets. */
+  /**
+   * WebSocket (or any) upgrade: replay the request head to the backend; if it
+   * switches protocols (101), splice the sockets. Any other answer goes to the
+   * client as it came and both connections end: the client's connection never
+   * becomes a raw tunnel to a server that refused to switch.
+   */
   async upgrade(req: IncomingMessage, client: Duplex, head: Buffer): Promise<void> {
     client.on('error', () => client.destroy());
     const session = await this.session(req, undefined);
@@ -342,10 +351,41 @@ export class SessionProxy implements FastRouter {
     if (req.headers.upgrade) headers.push('Upgrade', req.headers.upgrade);
     let text = `${req.method} ${this.backendPath(session, req.url!)} HTTP/1.1\r\n`;
     for (let i = 0; i < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
-    backend.write(text + '\r\n');
+    // Node reads header bytes as latin1: written back the same way, each byte goes on as it came.
+    backend.write(text + '\r\n', 'latin1');
     if (head.length) backend.write(head);
-    backend.pipe(client);
-    client.pipe(backend);
+    let answer: Buffer = Buffer.alloc(0);
+    const onAnswer = (chunk: Buffer) => {
+      answer = answer.length ? Buffer.concat([answer, chunk]) : chunk;
+      const h = readHead(answer);
+      if (h === 'more') return;
+      backend.off('data', onAnswer);
+      if (h !== 'invalid' && /^HTTP\/1\.1 101 /.test(h.line)) {
+        client.write(answer);
+        backend.pipe(client);
+        client.pipe(backend);
+        return;
+      }
+      // Refused (or not HTTP): what the server says goes to the client, then both end. With a
+      // length, at its end; else when the server closes, or after REFUSED_UPGRADE_MS at most.
+      backend.pause();
+      const i = h === 'invalid' ? -1 : h.fields.findIndex((f, k) => k % 2 === 0 && f.toLowerCase() === 'content-length');
+      const total = i < 0 || h === 'invalid' ? Infinity : h.length + Number(h.fields[i + 1]);
+      let sent = 0;
+      const pass = (bytes: Buffer) => {
+        const part = bytes.subarray(0, Math.max(0, total - sent));
+        sent += part.length;
+        client.write(part);
+        if (sent >= total) client.end(close);
+      };
+      pass(answer);
+      if (sent >= total) return;
+      backend.on('data', pass);
+      backend.once('end', () => client.end(close));
+      backend.resume();
+      setTimeout(close, REFUSED_UPGRADE_MS).unref();
+    };
+    backend.on('data', onAnswer);
   }
 
   close(): void {
@@ -359,6 +399,9 @@ export class SessionProxy implements FastRouter {
  * does, without the half-dozen listeners it adds and removes per request.
  * An ended or failed `to` is handled by the caller's close and error listeners.
  */
+/** How long the answer of a server that refused an upgrade may take to arrive whole (it has no length and the server keeps its connection). */
+const REFUSED_UPGRADE_MS = 10_000;
+
 function relay(from: IncomingMessage, to: http.OutgoingMessage): void {
   from.on('data', (chunk: Buffer) => {
     if (!to.write(chunk)) {

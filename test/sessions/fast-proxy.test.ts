@@ -45,6 +45,7 @@ IN_PARTS = {
     '/stream': [b'HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n', 0.3, b'5\r\nhello\r\n0\r\n\r\n'],
     '/split-head': [b'HTTP/1.1 200 OK\r\nX-Split: y', 0.1, b'es\r\nContent-Length: 2\r\n\r\nok'],
 }
+served = {'big': 0}
 def serve(c):
     buf = b''
     while True:
@@ -86,6 +87,30 @@ def serve(c):
         if path == '/head-then-close':
             c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n')
             time.sleep(0.1)
+            return c.close()
+        if path == '/http10':
+            # As python3 -m http.server answers: HTTP/1.0, then the connection ends.
+            c.sendall(b'HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok')
+            return c.close()
+        if path == '/sw':
+            c.sendall(b'HTTP/1.1 200 OK\r\nService-Worker-Allowed: /\r\nContent-Length: 2\r\n\r\nok')
+            continue
+        if path == '/big':
+            served['big'] += 1
+            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 61440\r\n\r\n' + b'x' * 61440)
+            continue
+        if path == '/served':
+            n = str(served['big']).encode()
+            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n' % len(n) + n)
+            continue
+        if path == '/upgrade-refused':
+            # Refuses to switch and keeps the connection, as many servers do.
+            c.sendall(b'HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope')
+            continue
+        if path == '/upgrade-echo':
+            # Switches, then sends back the head it got, byte for byte.
+            c.sendall(b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n' + head)
+            time.sleep(0.2)
             return c.close()
         if path == '/hang':
             time.sleep(60)
@@ -333,6 +358,55 @@ describe('proxy fast path', () => {
     await exchange(`GET ${prefix}/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n`);
     assert.equal(t.kiln.proxy.stats.requests, before + 1);
     assert.equal(t.kiln.proxy.stats.openSockets, 0);
+  });
+
+  test('an HTTP/1.0 response ends its backend connection: the next request, with a body, goes on a new one', async () => {
+    const raw = await exchange(`GET ${prefix}/http10 HTTP/1.1\r\nHost: h\r\n\r\nPOST ${prefix}/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc`);
+    assert.match(raw, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nokHTTP\/1\.1 200 OK\r\n/, raw);
+    assert.ok(raw.endsWith('\r\n\r\nabc'), raw);
+  });
+
+  test('a session cannot widen a service worker\'s reach over kiln\'s origin', async () => {
+    for (const http10 of [false, true]) {
+      // HTTP/1.0 requests go through node's server: both paths drop the field.
+      const raw = await exchange(`GET ${prefix}/sw HTTP/1.${http10 ? 0 : 1}\r\nHost: h\r\nConnection: close\r\n\r\n`);
+      assert.match(raw, /^HTTP\/1\.1 200 OK\r\n/);
+      assert.doesNotMatch(raw, /service-worker-allowed/i, raw);
+    }
+  });
+
+  test('a client that pipelines requests and reads nothing holds a few responses in kiln, not all of them', async () => {
+    const s = net.connect(port, '127.0.0.1');
+    await new Promise((r) => s.once('connect', r));
+    s.pause(); // reads nothing
+    s.write(`GET ${prefix}/big HTTP/1.1\r\nHost: h\r\n\r\n`.repeat(1000));
+    await new Promise((r) => setTimeout(r, 3000));
+    const served = Number(bodies(await exchange(`GET ${prefix}/served HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n`))[0]);
+    s.destroy();
+    // 60 KiB each: what the sockets' buffers hold, then kiln waits for the client.
+    assert.ok(served > 0 && served < 300, `${served} of 1000 pipelined requests were sent on while the client read nothing`);
+  });
+
+  test('a refused upgrade is answered and the connection ends: no tunnel past the proxy', async () => {
+    const raw = await exchange(
+      `GET ${prefix}/upgrade-refused HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n` + `GET ${prefix}/echo HTTP/1.1\r\nHost: evil\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n`,
+    );
+    assert.match(raw, /^HTTP\/1\.1 403 Forbidden\r\n[^]*\r\n\r\nnope$/, raw);
+    assert.doesNotMatch(raw, /6\.6\.6\.6|evil/, 'the bytes after it never reached the server raw');
+  });
+
+  test('an upgrade request reaches the server byte for byte (latin1 bytes stay single bytes)', async () => {
+    const got = Buffer.from(await exchange(`GET ${prefix}/upgrade-echo HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: test\r\nX-Name: caf\xe9\r\n\r\n`), 'latin1');
+    assert.match(got.toString('latin1'), /^HTTP\/1\.1 101 Switching Protocols\r\n[^]*\r\n\r\nGET \/upgrade-echo HTTP\/1\.1\r\n/);
+    assert.ok(got.includes(Buffer.from('X-Name: caf\xe9\r\n', 'latin1')), got.toString('latin1'));
+  });
+
+  test("on node's server's path, a server that breaks off mid-response cuts the client's response", async () => {
+    // HTTP/1.0: node's server takes it. The server sends Content-Length 5, no body, and closes.
+    const raw = await exchange(`GET ${prefix}/head-then-close HTTP/1.0\r\nHost: h\r\n\r\n`); // rejects if the connection stays open
+    assert.doesNotMatch(raw, /\r\n\r\n[^]{5}$/, 'no whole response was made up');
+    for (let i = 0; i < 40 && t.kiln.proxy.stats.openSockets > 0; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(t.kiln.proxy.stats.openSockets, 0, 'the exchange ended with it');
   });
 
   // Last: it ends the session.
