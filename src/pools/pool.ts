@@ -101,10 +101,12 @@ export class Pool {
       if (!this.deps.budget.tryReserve(this.reservation)) return; // refilled again when budget is given back
       this.starting++;
       // Start several at once (each is mostly waiting on a process).
-      void this.startOne().then((ok) => {
-        this.starting--;
-        if (ok) this.refill();
-      });
+      void this.startOne()
+        .catch(() => false)
+        .then((ok) => {
+          this.starting--;
+          if (ok) this.refill();
+        });
     }
   }
 
