@@ -58,9 +58,12 @@ const BAD_GATEWAY = (() => {
   return `HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`;
 })();
 const BAD_REQUEST = 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+const REQUEST_TIMEOUT = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
 
 interface Exchange {
   route: FastRoute;
+  /** performance.now() when its head was read: its body must be all in within the server's requestTimeout. */
+  startedAt: number;
   /** The head as sent to the backend: resent once on a fresh connection if a reused one was closed under it. */
   head: Buffer;
   isHead: boolean;
@@ -103,7 +106,8 @@ export class FastPath {
     private readonly router: FastRouter,
     /** node's own listener for a new connection (the socket's unread bytes were put back first). */
     private readonly handOff: (socket: net.Socket) => void,
-    private readonly limits: () => { keepAliveMs: number; headersMs: number },
+    /** node's server's own timeouts, which the fast path keeps too (0: none). */
+    private readonly limits: () => { keepAliveMs: number; headersMs: number; requestMs: number },
   ) {
     // Timeouts by sweep, not by a timer per connection and request.
     this.sweeper = setInterval(() => this.sweep(), 1000).unref();
@@ -153,9 +157,9 @@ export class FastPath {
   }
 
   private sweep(): void {
-    const { keepAliveMs, headersMs } = this.limits();
+    const { keepAliveMs, headersMs, requestMs } = this.limits();
     const now = performance.now();
-    for (const c of this.connections) c.expire(now, keepAliveMs, headersMs);
+    for (const c of this.connections) c.expire(now, keepAliveMs, headersMs, requestMs);
     // A client that does not take what was sent before its next request: its hand-over does not wait for ever.
     const limit = headersMs > 0 ? headersMs : 60_000;
     for (const [wire, since] of this.handingOver) if (now - since > limit) wire.destroy();
@@ -336,6 +340,7 @@ class ClientConnection {
     const backend = this.hold(route.link);
     const x: Exchange = {
       route,
+      startedAt: performance.now(),
       head,
       isHead: rl.method === 'HEAD',
       idempotent: rl.method === 'GET' || rl.method === 'HEAD' || rl.method === 'OPTIONS',
@@ -591,9 +596,19 @@ class ClientConnection {
     this.path.release(this);
   }
 
-  /** Called by the sweep: close a connection idle past keep-alive, or sending a head too slowly. */
-  expire(now: number, keepAliveMs: number, headersMs: number): void {
-    if (this.exchange || this.done) return;
+  /**
+   * Called by the sweep: close a connection idle past keep-alive, or sending a
+   * head too slowly; end an exchange whose request body is not all in within
+   * the request timeout (as node's server does: a stalled upload would
+   * otherwise hold its connections, and count as activity, for ever).
+   */
+  expire(now: number, keepAliveMs: number, headersMs: number, requestMs: number): void {
+    const x = this.exchange;
+    if (x) {
+      if (requestMs > 0 && !x.requestBody.done && now - x.startedAt > requestMs) this.fail(x, REQUEST_TIMEOUT);
+      return;
+    }
+    if (this.done) return;
     if (this.buffered ? headersMs > 0 && now - this.since > headersMs : keepAliveMs > 0 && now - this.since > keepAliveMs) {
       this.done = true;
       this.dropHeld(true);

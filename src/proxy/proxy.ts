@@ -198,7 +198,7 @@ export class SessionProxy implements FastRouter {
     const nodeListener = server.listeners(event).find((l) => l.name === 'connectionListener') as ((s: net.Socket) => void) | undefined;
     if (!nodeListener) throw new Error(`the proxy's fast path found no node:http listener for '${event}'`);
     server.removeListener(event, nodeListener);
-    const fast = new FastPath(this, (s) => nodeListener.call(server, s), () => ({ keepAliveMs: server.keepAliveTimeout, headersMs: server.headersTimeout }));
+    const fast = new FastPath(this, (s) => nodeListener.call(server, s), () => ({ keepAliveMs: server.keepAliveTimeout, headersMs: server.headersTimeout, requestMs: server.requestTimeout }));
     this.fastPaths.push(fast);
     server.on(event, (s: net.Socket) => fast.accept(s));
     // Closing the server waits for every connection: the fast path's idle ones close now, and its native ones

@@ -409,6 +409,20 @@ describe('proxy fast path', () => {
     assert.equal(t.kiln.proxy.stats.openSockets, 0, 'the exchange ended with it');
   });
 
+  test("a request body that stalls past the server's requestTimeout gets a 408 and its exchange ends", async () => {
+    const server = t.app.server;
+    const before = server.requestTimeout;
+    server.requestTimeout = 1500;
+    try {
+      const raw = await exchange(`POST ${prefix}/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n0123456789`, undefined, 8000);
+      assert.match(raw, /^HTTP\/1\.1 408 Request Timeout\r\n/, raw);
+      for (let i = 0; i < 40 && t.kiln.proxy.stats.openSockets > 0; i++) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(t.kiln.proxy.stats.openSockets, 0, 'no longer counted as in use');
+    } finally {
+      server.requestTimeout = before;
+    }
+  });
+
   // Last: it ends the session.
   test('a request waiting on a session that ends gets a 502, not a wait without end', async () => {
     const waiting = exchange(`GET ${prefix}/hang HTTP/1.1\r\nHost: h\r\n\r\n`);
