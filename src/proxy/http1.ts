@@ -20,6 +20,26 @@ CTL[0x7f] = 1;
 /** Hop-by-hop fields are for one connection only (RFC 9110 §7.6.1). */
 export const HOP_BY_HOP: ReadonlySet<string> = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate']);
 /** Set by the proxy itself; what a client sent under these names is not passed on (x-forwarded-for is extended). */
+/** Fields a `Connection` header may not remove: the message's framing and its target. */
+const FRAMING = new Set(['host', 'content-length', 'transfer-encoding']);
+
+/**
+ * The other fields `Connection` values name (RFC 9110 §7.6.1: hop-by-hop, a
+ * proxy removes them), lower-cased; undefined when there are none. The
+ * connection options kiln handles itself and the framing fields are not listed.
+ */
+export function connectionListed(values: Iterable<string>): Set<string> | undefined {
+  let listed: Set<string> | undefined;
+  for (const value of values) {
+    for (const item of value.split(',')) {
+      const token = item.trim().toLowerCase();
+      if (token === '' || token === 'close' || token === 'keep-alive' || token === 'upgrade' || HOP_BY_HOP.has(token) || FRAMING.has(token)) continue;
+      (listed ??= new Set()).add(token);
+    }
+  }
+  return listed;
+}
+
 /**
  * Response fields a session's server may not send to browsers: every session
  * shares kiln's origin, and `Service-Worker-Allowed: /` would let one
@@ -313,11 +333,11 @@ export class HeadWriter {
 }
 
 /** The field lines of `h` not dropped (by `drop`, a table of codes, or the code `also`) as they came, run by run. */
-export function copyLines(h: HeadIndex, out: HeadWriter, drop: Uint8Array, also: Field | -1): void {
+export function copyLines(h: HeadIndex, out: HeadWriter, drop: Uint8Array, also: Field | -1, named?: ReadonlySet<string>): void {
   let run = -1;
   for (let k = 0; k < h.count; k++) {
     const code = h.code(k);
-    if (drop[code] || code === also) {
+    if (drop[code] || code === also || (named !== undefined && code === Field.Other && named.has(h.name(k).toLowerCase()))) {
       if (run >= 0) out.bytes(h.buf, run, h.lineStart(k));
       run = -1;
     } else if (run < 0) run = h.lineStart(k);

@@ -16,7 +16,7 @@ import tls from 'node:tls';
 import { timingSafeEqual } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { FastPath, type FastRoute, type FastRouter } from './fast.js';
-import { HOP_BY_HOP, NOT_FOR_BROWSERS, SET_BY_PROXY, readHead } from './http1.js';
+import { HOP_BY_HOP, NOT_FOR_BROWSERS, SET_BY_PROXY, connectionListed, readHead } from './http1.js';
 import type { SessionService, LiveSession } from '../sessions/service.js';
 import type { KilnConfig } from '../config/schema.js';
 import { pageHtml } from './pages.js';
@@ -54,18 +54,19 @@ const sameSecret = (a: string, b: string) => a.length === b.length && timingSafe
 /**
  * The request headers the backend gets, as a flat name/value list built
  * straight from the client's raw headers (no header object per request):
- * hop-by-hop headers dropped, one Host, X-Forwarded-For extended with the
+ * hop-by-hop headers (and those Connection names) dropped, one Host, X-Forwarded-For extended with the
  * client's address, X-Forwarded-Proto/-Host/-Prefix set by kiln.
  */
 export function forwardHeaders(rawHeaders: string[], client: string, encrypted: boolean, prefix: string): string[] {
   const out: string[] = [];
   let host: string | undefined;
   let prior: string | undefined;
+  const listed = connectionListed(connectionValues(rawHeaders));
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i]!;
     const value = rawHeaders[i + 1]!;
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower)) continue;
+    if (HOP_BY_HOP.has(lower) || listed?.has(lower)) continue;
     if (SET_BY_PROXY.has(lower)) {
       if (lower === 'x-forwarded-for') prior = prior === undefined ? value : `${prior}, ${value}`;
       continue;
@@ -84,6 +85,11 @@ export function forwardHeaders(rawHeaders: string[], client: string, encrypted: 
   return out;
 }
 
+/** The values of the Connection fields in raw headers (the fields it names are hop-by-hop). */
+function* connectionValues(rawHeaders: string[]): Generator<string> {
+  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i]!.length === 10 && rawHeaders[i]!.toLowerCase() === 'connection') yield rawHeaders[i + 1]!;
+}
+
 /** Whether a request's raw headers announce a body (read without building `req.headers`). */
 export function hasBody(rawHeaders: string[]): boolean {
   for (let i = 0; i < rawHeaders.length; i += 2) {
@@ -99,9 +105,10 @@ export function hasBody(rawHeaders: string[]): boolean {
 export function responseHeaders(rawHeaders: string[]): string[] {
   const out: string[] = [];
   let referrerPolicy = false;
+  const listed = connectionListed(connectionValues(rawHeaders));
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const lower = rawHeaders[i]!.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || NOT_FOR_BROWSERS.has(lower)) continue;
+    if (HOP_BY_HOP.has(lower) || NOT_FOR_BROWSERS.has(lower) || listed?.has(lower)) continue;
     if (lower === 'referrer-policy') referrerPolicy = true;
     out.push(rawHeaders[i]!, rawHeaders[i + 1]!);
   }
