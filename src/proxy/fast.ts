@@ -49,14 +49,8 @@ const DROP_REQUEST = fieldCodes([...HOP_BY_HOP, ...SET_BY_PROXY].filter((f) => f
 /** Response fields the client does not get. Transfer-Encoding and Trailer stay: the body's framing passes through as it is. */
 const DROP_RESPONSE = fieldCodes([...[...HOP_BY_HOP].filter((f) => f !== 'transfer-encoding' && f !== 'trailer'), ...NOT_FOR_BROWSERS]);
 
-/** `listed` with the fields a Connection value names added (a set only when it names any). */
-function addListed(listed: Set<string> | undefined, value: string): Set<string> | undefined {
-  const more = connectionListed([value]);
-  if (!more) return listed;
-  if (!listed) return more;
-  for (const name of more) listed.add(name);
-  return listed;
-}
+/** A Connection value that may name other fields (read as a string then); the usual `keep-alive` and `close` cost nothing. */
+const mayName = (h: HeadIndex, k: number): boolean => !h.valueIs(k, 'keep-alive') && !h.valueIs(k, 'close');
 
 /** The heads being read: each is read and used within one synchronous step, so one of each serves every connection. */
 const requestHead = new HeadIndex();
@@ -287,8 +281,8 @@ class ClientConnection {
     let host = -1;
     let close = false;
     let forwardedFor = 0;
-    /** Other fields the client's Connection names: hop-by-hop, not passed on. */
-    let listed: Set<string> | undefined;
+    /** Connection values that may name other fields: those are hop-by-hop, not passed on. */
+    let naming: string[] | undefined;
     for (let k = 0; k < h.count; k++) {
       switch (h.code(k)) {
         case Field.Host:
@@ -307,7 +301,7 @@ class ClientConnection {
         case Field.Connection:
           if (h.valueLists(k, 'upgrade')) return false;
           if (h.valueLists(k, 'close')) close = true;
-          listed = addListed(listed, h.value(k));
+          if (mayName(h, k)) (naming ??= []).push(h.value(k));
           break;
         case Field.Upgrade:
           return false;
@@ -334,7 +328,7 @@ class ClientConnection {
     out.text(' ');
     out.text(route.path);
     out.text(' HTTP/1.1\r\n');
-    copyLines(h, out, DROP_REQUEST, -1, listed);
+    copyLines(h, out, DROP_REQUEST, -1, naming && connectionListed(naming));
     out.text('X-Forwarded-For: ');
     for (let k = 0; forwardedFor > 0 && k < h.count; k++) {
       if (h.code(k) !== Field.XForwardedFor) continue;
@@ -449,7 +443,7 @@ class ClientConnection {
       // An HTTP/1.0 response ends its connection unless it says keep-alive (and knows no chunked coding).
       const http10 = h.buf[7] === 0x30;
       let keepAlive = false;
-      let listed: Set<string> | undefined;
+      let naming: string[] | undefined;
       let referrerPolicy = false;
       let length: number | undefined;
       let coding: 'none' | 'chunked' | 'other' = 'none';
@@ -467,7 +461,7 @@ class ClientConnection {
           case Field.Connection:
             if (h.valueLists(k, 'close')) x.spent = true;
             if (h.valueLists(k, 'keep-alive')) keepAlive = true;
-            listed = addListed(listed, h.value(k));
+            if (mayName(h, k)) (naming ??= []).push(h.value(k));
             break;
           case Field.ReferrerPolicy:
             referrerPolicy = true;
@@ -484,7 +478,7 @@ class ClientConnection {
       out.bytes(h.buf, 9, h.lineEnd); // the status code and reason as they came
       out.text(h.lineEnd === 12 ? ' \r\n' : '\r\n');
       // With Transfer-Encoding, Content-Length is wrong by definition (RFC 9112 §6.3): not passed on.
-      copyLines(h, out, DROP_RESPONSE, !interim && coding !== 'none' ? Field.ContentLength : -1, listed);
+      copyLines(h, out, DROP_RESPONSE, !interim && coding !== 'none' ? Field.ContentLength : -1, naming && connectionListed(naming));
       if (!interim) {
         const framing = responseBody(status, x.isHead, length, coding);
         if (framing.kind === 'close') x.spent = this.closeAfter = true;

@@ -219,10 +219,7 @@ export class SessionService {
         await this.insert(session, warm.sandbox.runtime, warm.sandbox.id);
       } catch (e) {
         // Not handed out after all: the sandbox, its budget and its pool slot go back.
-        dropBackend(warm.link);
-        await warm.sandbox.destroy().catch(() => undefined);
-        this.deps.budget.release(warm.reservation);
-        pool.release();
+        await this.release(session);
         throw e;
       }
       this.register(session);
