@@ -17,6 +17,7 @@
 import Docker from 'dockerode';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { Writable } from 'node:stream';
@@ -56,6 +57,8 @@ const CPU_POLL_MS = 20;
 const KILL_TIMEOUT_MS = 15_000;
 /** Looks, 10 ms apart, for a killed exec's processes to be reaped before the exec returns. */
 const REAP_WAIT_LOOKS = 300;
+/** Pauses between waits on a container whose engine connection failed, ms: doubling from min to max. */
+const EXIT_RETRY_MS = { min: 100, max: 5000 };
 const BASE_ENV = ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'TMPDIR=/tmp', 'LANG=C.UTF-8'];
 
 /**
@@ -177,7 +180,7 @@ export class DockerRuntime implements Runtime {
       await container.start();
       const info = await container.inspect();
       if (!info.State.Running) throw new Error(`the container exited at once (status ${info.State.ExitCode})`);
-      return new DockerSandbox(id, this.name, sentry, container, this.docker, info.Id, info.State.Pid, spec, () =>
+      return new DockerSandbox(id, this.name, sentry, container, this.docker, this.opts.socketPath, info.Id, info.State.Pid, spec, () =>
         this.live.delete(id),
       );
     } catch (e) {
@@ -225,6 +228,8 @@ class DockerSandbox implements Sandbox {
     private readonly sentry: boolean,
     private readonly container: Docker.Container,
     private readonly docker: Docker,
+    /** The engine's socket: the main process is waited on over a connection of its own. */
+    socketPath: string,
     fullId: string,
     /** Host pid of the container's init, alive now: its network namespace is where ports are reached. */
     nsPid: number,
@@ -235,7 +240,7 @@ class DockerSandbox implements Sandbox {
     this.current = { memoryMb: spec.limits.memoryMb, pids: spec.limits.pids };
     // Under runsc the sandbox's loopback lives in gVisor's netstack, not in a host network namespace.
     this.ports = sentry ? new ExecRelays(join(SENTRY_HOST_DIR, id), container, SANDBOX_USER, relayMounts().length > 0) : new NetnsPorts(id, nsPid);
-    this.mainExited = spec.main ? container.wait().then(() => undefined, () => undefined) : undefined;
+    this.mainExited = spec.main ? containerExit(container, socketPath, () => this.destroyed) : undefined;
   }
 
   async portLink(port: number): Promise<PortLink> {
@@ -440,6 +445,50 @@ class DockerSandbox implements Sandbox {
     });
     this.onDestroy();
   }
+}
+
+/**
+ * Resolves when the container's main process has ended, the container is gone,
+ * or kiln destroyed it. A wait also ends when the engine connection drops
+ * (dockerd restarting, or a proxy in front of it): that is no exit, so the
+ * container is looked at again and waited on anew, and a live session is
+ * neither ended for it nor left unwatched.
+ */
+async function containerExit(container: Docker.Container, socketPath: string, destroyed: () => boolean): Promise<void> {
+  let pause = EXIT_RETRY_MS.min;
+  while (!destroyed()) {
+    const since = Date.now();
+    if (await engineWait(socketPath, container.id)) return;
+    const state = await container.inspect().then(
+      (info) => (info.State.Running ? 'running' : 'ended'),
+      (e: { statusCode?: number }) => (e.statusCode === 404 ? 'ended' : 'unknown'),
+    );
+    if (state === 'ended') return;
+    // A wait that held for a while was a working connection that dropped: look again soon.
+    pause = Date.now() - since > EXIT_RETRY_MS.max ? EXIT_RETRY_MS.min : Math.min(pause * 2, EXIT_RETRY_MS.max);
+    // Unref'd: a shutdown does not wait out a pause.
+    await new Promise((r) => setTimeout(r, pause).unref());
+  }
+}
+
+/**
+ * One `POST /containers/<id>/wait` on its own connection: true when the engine
+ * answered that the container is not running (or is gone), false when the
+ * connection failed or dropped first. (dockerode's `wait` never settles when
+ * the connection drops after the engine sent the response head, as it does at once.)
+ */
+function engineWait(socketPath: string, id: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = httpRequest({ socketPath, agent: false, method: 'POST', path: `/containers/${encodeURIComponent(id)}/wait?condition=not-running` }, (res) => {
+      res.resume();
+      // 'end' only for a whole body; 'close' after 'end' finds the promise settled.
+      res.on('end', () => resolve(res.statusCode === 200 || res.statusCode === 404));
+      res.on('close', () => resolve(false));
+      res.on('error', () => resolve(false));
+    });
+    req.on('error', () => resolve(false));
+    req.end();
+  });
 }
 
 /** Keep the container's current limits: file copies run under what the sandbox has. */
