@@ -20,7 +20,7 @@
  * written by the kiln-wire addon, so a request costs JS one call per read.
  */
 import type net from 'node:net';
-import { NativeWire, StreamWire, keep, type Wire, type WireHandlers } from './wire.js';
+import { NativeWire, SEND_TIMEOUT_MS, StreamWire, keep, type Wire, type WireHandlers } from './wire.js';
 import { BodyFrame, Field, FramingError, HOP_BY_HOP, HeadIndex, HeadWriter, NOT_FOR_BROWSERS, SET_BY_PROXY, connectionListed, copyLines, fieldCodes, responseBody } from './http1.js';
 import { freshBackend, giveBackend, takeBackend } from './backends.js';
 import type { PortLink } from '../runtimes/types.js';
@@ -109,8 +109,8 @@ export class FastPath {
     private readonly router: FastRouter,
     /** node's own listener for a new connection (the socket's unread bytes were put back first). */
     private readonly handOff: (socket: net.Socket) => void,
-    /** node's server's own timeouts, which the fast path keeps too (0: none). */
-    private readonly limits: () => { keepAliveMs: number; headersMs: number; requestMs: number },
+    /** node's server's own timeouts, which the fast path keeps too, and how long a client may leave sent bytes untaken (0: none). */
+    private readonly limits: () => { keepAliveMs: number; headersMs: number; requestMs: number; sendMs: number },
   ) {
     // Timeouts by sweep, not by a timer per connection and request.
     this.sweeper = setInterval(() => this.sweep(), 1000).unref();
@@ -130,6 +130,10 @@ export class FastPath {
 
   /** @internal */ route(method: string, target: string, cookie: string | undefined, navigate: boolean): FastRoute | undefined {
     return this.closing ? undefined : this.router.route(method, target, cookie, navigate);
+  }
+
+  /** @internal how long an ending connection's client may take nothing of what waits for it. */ sendMs(): number {
+    return this.limits().sendMs || SEND_TIMEOUT_MS;
   }
 
   /** @internal */ release(c: ClientConnection): void {
@@ -160,9 +164,9 @@ export class FastPath {
   }
 
   private sweep(): void {
-    const { keepAliveMs, headersMs, requestMs } = this.limits();
+    const { keepAliveMs, headersMs, requestMs, sendMs } = this.limits();
     const now = performance.now();
-    for (const c of this.connections) c.expire(now, keepAliveMs, headersMs, requestMs);
+    for (const c of this.connections) c.expire(now, keepAliveMs, headersMs, requestMs, sendMs);
     // A client that does not take what was sent before its next request: its hand-over does not wait for ever.
     const limit = headersMs > 0 ? headersMs : 60_000;
     for (const [wire, since] of this.handingOver) if (now - since > limit) wire.destroy();
@@ -202,6 +206,8 @@ class ClientConnection {
   private done = false;
   /** A write to the client had to wait: until it drains, no backend reads on and no next request starts. */
   private clientFull = false;
+  /** Since when the client has been full (performance.now()): past the send timeout it is cut off. */
+  private fullSince = 0;
   /** An exchange ended while the client was full: the next request waits for the drain. */
   private awaitingDrain = false;
 
@@ -240,6 +246,12 @@ class ClientConnection {
     const h = this.held;
     if (h?.wire.paused && this.exchange?.backend === h) h.wire.resume();
   };
+
+  private full(): void {
+    if (this.clientFull) return;
+    this.clientFull = true;
+    this.fullSince = performance.now();
+  }
 
   private readonly onEnd = (): void => {
     // The client is done sending: answer what it asked, then close.
@@ -493,7 +505,7 @@ class ClientConnection {
       out.text('\r\n');
       from += h.length;
       x.answered = true;
-      if (!this.wire.write(out.done())) this.clientFull = true;
+      if (!this.wire.write(out.done())) this.full();
     }
   }
 
@@ -518,7 +530,7 @@ class ClientConnection {
       ok = this.wire.write(head.done());
     } else if (n > 0) ok = this.wire.write(n === chunk.length ? chunk : chunk.subarray(from, from + n));
     if (!ok) {
-      this.clientFull = true;
+      this.full();
       x.backend.wire.pause(); // until the client drains
     }
     this.afterResponseBytes(x, chunk, from + n);
@@ -563,7 +575,7 @@ class ClientConnection {
     x.route.end();
     this.done = true;
     this.path.release(this);
-    if (reply !== undefined && !x.answered) this.wire.end(Buffer.from(reply));
+    if (reply !== undefined && !x.answered) this.wire.end(Buffer.from(reply), this.path.sendMs());
     else this.wire.destroy();
   }
 
@@ -590,7 +602,7 @@ class ClientConnection {
     if (this.done) return;
     this.done = true;
     this.dropHeld(true);
-    this.wire.end();
+    this.wire.end(undefined, this.path.sendMs());
     this.path.release(this);
   }
 
@@ -608,21 +620,31 @@ class ClientConnection {
    * Called by the sweep: close a connection idle past keep-alive, or sending a
    * head too slowly; end an exchange whose request body is not all in within
    * the request timeout (as node's server does: a stalled upload would
-   * otherwise hold its connections, and count as activity, for ever).
+   * otherwise hold its connections, and count as activity, for ever); cut off
+   * a client that has taken none of what waits for it within the send timeout
+   * (the same, for a stalled download).
    */
-  expire(now: number, keepAliveMs: number, headersMs: number, requestMs: number): void {
+  expire(now: number, keepAliveMs: number, headersMs: number, requestMs: number, sendMs: number): void {
     const x = this.exchange;
+    if (this.clientFull && sendMs > 0 && now - this.fullSince > sendMs) {
+      if (x) this.fail(x, undefined);
+      else this.close();
+      return;
+    }
     if (x) {
       if (requestMs > 0 && !x.requestBody.done && now - x.startedAt > requestMs) this.fail(x, REQUEST_TIMEOUT);
       return;
     }
+    if (this.buffered ? headersMs > 0 && now - this.since > headersMs : keepAliveMs > 0 && now - this.since > keepAliveMs) this.close();
+  }
+
+  /** Close now, between exchanges; the held backend connection goes back if clean. */
+  private close(): void {
     if (this.done) return;
-    if (this.buffered ? headersMs > 0 && now - this.since > headersMs : keepAliveMs > 0 && now - this.since > keepAliveMs) {
-      this.done = true;
-      this.dropHeld(true);
-      this.wire.destroy();
-      this.path.release(this);
-    }
+    this.done = true;
+    this.dropHeld(true);
+    this.wire.destroy();
+    this.path.release(this);
   }
 
   closeWhenIdle(): void {

@@ -16,6 +16,7 @@ import tls from 'node:tls';
 import { timingSafeEqual } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { FastPath, type FastRoute, type FastRouter } from './fast.js';
+import { SEND_TIMEOUT_MS } from './wire.js';
 import { HOP_BY_HOP, NOT_FOR_BROWSERS, SET_BY_PROXY, connectionListed, readHead } from './http1.js';
 import type { SessionService, LiveSession } from '../sessions/service.js';
 import type { KilnConfig } from '../config/schema.js';
@@ -155,6 +156,8 @@ class SessionRoute implements FastRoute {
 
 export class SessionProxy implements FastRouter {
   readonly stats: ProxyStats = { requests: 0, openSockets: 0 };
+  /** How long a client may take none of the bytes waiting for it before it is cut off, ms (as node's server's timeouts, settable). */
+  sendTimeoutMs = SEND_TIMEOUT_MS;
   private readonly fastPaths: FastPath[] = [];
 
   constructor(
@@ -205,7 +208,7 @@ export class SessionProxy implements FastRouter {
     const nodeListener = server.listeners(event).find((l) => l.name === 'connectionListener') as ((s: net.Socket) => void) | undefined;
     if (!nodeListener) throw new Error(`the proxy's fast path found no node:http listener for '${event}'`);
     server.removeListener(event, nodeListener);
-    const fast = new FastPath(this, (s) => nodeListener.call(server, s), () => ({ keepAliveMs: server.keepAliveTimeout, headersMs: server.headersTimeout, requestMs: server.requestTimeout }));
+    const fast = new FastPath(this, (s) => nodeListener.call(server, s), () => ({ keepAliveMs: server.keepAliveTimeout, headersMs: server.headersTimeout, requestMs: server.requestTimeout, sendMs: this.sendTimeoutMs }));
     this.fastPaths.push(fast);
     server.on(event, (s: net.Socket) => fast.accept(s));
     // Closing the server waits for every connection: the fast path's idle ones close now, and its native ones
@@ -306,7 +309,7 @@ export class SessionProxy implements FastRouter {
     });
     upstream.on('response', (up) => {
       res.writeHead(up.statusCode ?? 502, up.statusMessage, responseHeaders(up.rawHeaders));
-      relay(up, res);
+      relay(up, res, this.sendTimeoutMs); // a client that stops reading is cut off, as on the fast path
       // A server that breaks off mid-response: the client's response is cut too (not left open, counted as in use).
       up.once('close', () => {
         if (!up.complete) res.destroy();
@@ -409,11 +412,16 @@ export class SessionProxy implements FastRouter {
 /** How long the answer of a server that refused an upgrade may take to arrive whole (it has no length and the server keeps its connection). */
 const REFUSED_UPGRADE_MS = 10_000;
 
-function relay(from: IncomingMessage, to: http.OutgoingMessage): void {
+/** `from`'s bytes to `to`, held back while `to` is full; with `stallMs`, a `to` that stays full that long is destroyed. */
+function relay(from: IncomingMessage, to: http.OutgoingMessage, stallMs = 0): void {
   from.on('data', (chunk: Buffer) => {
     if (!to.write(chunk)) {
       from.pause();
-      to.once('drain', () => from.resume());
+      const stalled = stallMs > 0 ? setTimeout(() => to.writableFinished || to.destroy(), stallMs) : undefined;
+      to.once('drain', () => {
+        clearTimeout(stalled);
+        from.resume();
+      });
     }
   });
   from.on('end', () => to.end());

@@ -9,10 +9,12 @@
  *   read(id, on)           start or stop reading
  *   write(id, buffer) -> sent
  *                          false: some bytes wait in the wire (DRAIN follows)
- *   end(id)                send what waits, then FIN; the wire reads and drops
+ *   end(id, ms)            send what waits, then FIN; the wire reads and drops
  *                          what the peer still sends (so the kernel does not
  *                          answer it with a reset that would destroy the reply
- *                          at the peer) until the peer closes or 5 s pass
+ *                          at the peer) until the peer closes or 5 s pass. A
+ *                          peer that takes none of what waits for ms is cut
+ *                          off (else it would hold the fd and bytes for ever)
  *   destroy(id)            close now
  *   release(id) -> fd      stop watching and hand the fd over (nothing may wait)
  *
@@ -35,6 +37,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <node_api.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -48,8 +51,9 @@ enum state { OPEN, ENDING, LINGER, CLOSED };
 
 typedef struct wire {
   uv_poll_t poll;
-  /* The linger deadline, and a failed write's deferred GONE (JS never hears of a failure inside its own call). */
+  /* The flush and linger deadlines, and a failed write's deferred GONE (JS never hears of a failure inside its own call). */
   uv_timer_t timer;
+  uint64_t flush_ms; /* ENDING: how long the peer may take nothing of what waits */
   int fd;
   int32_t id;
   enum state state;
@@ -169,8 +173,10 @@ static void on_poll(uv_poll_t *p, int status, int events) {
     return fail(w, err ? err : ECONNRESET);
   }
   if (events & UV_WRITABLE) {
+    size_t waiting = w->pending_len - w->pending_off;
     int err = flush(w);
     if (err) return fail(w, err);
+    if (w->state == ENDING && w->pending_len - w->pending_off < waiting) uv_timer_start(&w->timer, timer_fired, w->flush_ms, 0); /* progress */
     if (w->pending_off == w->pending_len) {
       if (w->state == ENDING) return linger(w);
       watch(w);
@@ -198,7 +204,7 @@ static void on_poll(uv_poll_t *p, int status, int events) {
 
 static void timer_fired(uv_timer_t *t) {
   wire *w = t->data;
-  if (w->state == LINGER) close_wire(w, 1);
+  if (w->state == LINGER || w->state == ENDING) close_wire(w, 1); /* the peer stalled: it gets no more */
   else if (w->failed) fail(w, w->failed);
 }
 
@@ -351,13 +357,17 @@ static napi_value js_write(napi_env env, napi_callback_info info) {
 }
 
 static napi_value js_end(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  if (!args(env, info, 1, argv, "end(id)")) return NULL;
+  napi_value argv[2];
+  int64_t ms;
+  if (!args(env, info, 2, argv, "end(id, ms)")) return NULL;
+  if (napi_get_value_int64(env, argv[1], &ms) != napi_ok || ms < 1) return napi_throw_type_error(env, NULL, "end(id, ms): ms a positive number"), NULL;
   wire *w = arg_wire(env, argv[0]);
   if (!w || w->state != OPEN) return NULL;
   if (w->failed) return close_wire(w, 1), NULL;
   w->state = ENDING;
-  if (w->pending_len == w->pending_off) linger(w);
+  if (w->pending_len == w->pending_off) return linger(w), NULL;
+  w->flush_ms = (uint64_t)ms;
+  uv_timer_start(&w->timer, timer_fired, w->flush_ms, 0);
   return NULL;
 }
 

@@ -33,8 +33,8 @@ export interface Wire {
   pause(): void;
   resume(): void;
   readonly paused: boolean;
-  /** Send what waits, then close (FIN). */
-  end(last?: Buffer): void;
+  /** Send what waits, then close (FIN); a peer that takes nothing for `stallMs` (default SEND_TIMEOUT_MS) is cut off. */
+  end(last?: Buffer, stallMs?: number): void;
   destroy(): void;
   /** Close now, as a failure seen from the other end: gone() follows (on the next tick), unlike destroy(). */
   cut(): void;
@@ -45,6 +45,13 @@ export interface Wire {
   /** Give the connection to node:net (for node's HTTP server): once what waits is sent. */
   toSocket(cb: (socket: net.Socket) => void): void;
 }
+
+/**
+ * How long a peer may take none of the bytes waiting for it before it is cut
+ * off, ms: a client that stops reading would otherwise hold its connections,
+ * the bytes and its session's activity for ever (nginx's send_timeout).
+ */
+export const SEND_TIMEOUT_MS = 60_000;
 
 const IGNORE: WireHandlers = { data() {}, end() {}, drain() {}, gone() {} };
 const NOTHING = Buffer.alloc(0);
@@ -57,7 +64,7 @@ interface WireAddon {
   adopt(fd: number, dup: boolean): number;
   read(id: number, on: boolean): void;
   write(id: number, data: Buffer): boolean;
-  end(id: number): void;
+  end(id: number, stallMs: number): void;
   destroy(id: number): void;
   release(id: number): number;
 }
@@ -213,10 +220,10 @@ export class NativeWire extends WireBase implements Wire {
     this.a.read(this.id, true);
   }
 
-  end(last?: Buffer): void {
+  end(last?: Buffer, stallMs = SEND_TIMEOUT_MS): void {
     if (this.done) return;
     if (last) this.a.write(this.id, last);
-    this.a.end(this.id);
+    this.a.end(this.id, stallMs);
     this.settle();
   }
 
@@ -280,13 +287,14 @@ export class StreamWire extends WireBase implements Wire {
     if (!this.done) this.socket.resume();
   }
 
-  end(last?: Buffer): void {
+  end(last?: Buffer, stallMs = SEND_TIMEOUT_MS): void {
     if (this.done) return;
     this.settle(true);
     const s = this.socket;
     if (last) s.end(last);
     else s.end();
     s.resume(); // read (and drop) to the peer's FIN, which closes the socket
+    s.setTimeout(stallMs, () => s.destroy()); // a peer that neither takes the rest nor closes
   }
 
   destroy(): void {

@@ -99,6 +99,14 @@ def serve(c):
             served['big'] += 1
             c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 61440\r\n\r\n' + b'x' * 61440)
             continue
+        if path == '/huge':
+            # 64 MiB: more than every socket buffer on the way holds.
+            try:
+                c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n')
+                for _ in range(1024): c.sendall(b'x' * 65536)
+            except OSError:
+                return c.close()
+            continue
         if path == '/served':
             n = str(served['big']).encode()
             c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n' % len(n) + n)
@@ -154,6 +162,12 @@ function exchange(bytes: string | Buffer[], until?: RegExp, timeoutMs = 10_000):
         }
       })();
   });
+}
+
+async function until(what: string, ok: () => boolean, ms = 5000): Promise<void> {
+  for (const t0 = Date.now(); !ok(); await new Promise((r) => setTimeout(r, 20))) {
+    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
+  }
 }
 
 /** The pieces a client reads, as they come, from one request on a new connection (until the server closes it). */
@@ -431,6 +445,33 @@ describe('proxy fast path', () => {
       server.requestTimeout = before;
     }
   });
+
+  for (const [path, version] of [
+    ['the fast path', '1.1'],
+    ["node's server's path", '1.0'],
+  ] as const) {
+    test(`on ${path}, a client that stops reading a response is cut off after the send timeout, and no longer counts as in use`, async () => {
+      const before = t.kiln.proxy.sendTimeoutMs;
+      t.kiln.proxy.sendTimeoutMs = 1000;
+      const s = net.connect(port, '127.0.0.1');
+      try {
+        s.pause(); // reads nothing: node stops at its buffer's high-water mark
+        s.write(`GET ${prefix}/huge HTTP/${version}\r\nHost: h\r\n\r\n`);
+        await until('the exchange to start', () => t.kiln.proxy.stats.openSockets === 1);
+        await until('the exchange to end', () => t.kiln.proxy.stats.openSockets === 0, 15_000);
+        let got = 0;
+        s.on('data', (c: Buffer) => (got += c.length));
+        s.on('error', () => undefined); // a reset is one way to be cut off
+        const closed = new Promise((r) => (s.once('end', r), s.once('close', r)));
+        s.resume();
+        await closed;
+        assert.ok(got < 64 << 20, `the whole ${got} bytes arrived: the client was never cut off`);
+      } finally {
+        s.destroy();
+        t.kiln.proxy.sendTimeoutMs = before;
+      }
+    });
+  }
 
   // Last: it ends the session.
   test('a request waiting on a session that ends gets a 502, not a wait without end', async () => {

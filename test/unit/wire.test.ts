@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { after, before, test } from 'node:test';
-import { NativeWire, keep, nativeWires, type Wire, type WireHandlers } from '../../src/proxy/wire.js';
+import { NativeWire, StreamWire, keep, nativeWires, type Wire, type WireHandlers } from '../../src/proxy/wire.js';
 import { NetnsPorts } from '../../src/runtimes/netns.js';
 import { takeBackend } from '../../src/proxy/backends.js';
 
@@ -30,12 +30,15 @@ before(async () => {
 after(() => server.close());
 
 /** A native wire on a fresh connection (made by node:net and adopted), and the server's end of it. */
-async function pair(): Promise<{ wire: NativeWire; peer: net.Socket }> {
+async function pair(): Promise<{ wire: NativeWire; peer: net.Socket }>;
+/** The same with a wire of either kind. */
+async function pair(kind: 'native' | 'node:net'): Promise<{ wire: Wire; peer: net.Socket }>;
+async function pair(kind: 'native' | 'node:net' = 'native'): Promise<{ wire: Wire; peer: net.Socket }> {
   const got = new Promise<net.Socket>((ok) => (onAccept = ok));
   const socket = net.connect({ port, host: '127.0.0.1' });
   await new Promise((ok) => socket.once('connect', ok));
   const peer = await got;
-  const wire = NativeWire.adopt(socket);
+  const wire = kind === 'native' ? NativeWire.adopt(socket) : new StreamWire(socket);
   assert.ok(wire);
   return { wire, peer };
 }
@@ -158,6 +161,47 @@ for (const [what, size] of [
     assert.equal(error, undefined);
     assert.ok(Buffer.concat(chunks).equals(reply), 'the whole reply arrived');
     peer.end(); // the wire was waiting for this to close its socket
+  });
+}
+
+for (const kind of ['native', 'node:net'] as const) {
+  test(`an ending ${kind} wire cuts off a peer that takes none of what waits; one that takes it slowly gets it all`, { timeout: 60_000 }, async () => {
+    // The wire sees the peer's progress only as the kernel's send buffer frees room: the stall time is a
+    // second here (a minute in kiln), and the slow reader still takes megabytes a second.
+    const stallMs = 1000;
+    const reply = randomBytes(32 << 20); // more than the socket buffers hold: most of it waits in the wire
+    const open = async () => {
+      const { wire, peer } = await pair(kind);
+      peer.pause();
+      peer.on('error', () => undefined); // a close with bytes unread may come as a reset
+      wire.end(reply, stallMs);
+      const ended = new Promise((ok) => (peer.once('end', ok), peer.once('close', ok)));
+      return { peer, ended };
+    };
+
+    const stalled = await open();
+    await new Promise((r) => setTimeout(r, 3 * stallMs));
+    let got = 0;
+    stalled.peer.on('data', (c: Buffer) => (got += c.length));
+    stalled.peer.resume();
+    await stalled.ended;
+    assert.ok(got < reply.length, 'the stalled peer was never cut off');
+
+    // Slow but steady: 16 MiB/s, so the whole reply takes at least two stall times.
+    const slow = await open();
+    const hash = createHash('sha256');
+    got = 0;
+    slow.peer.on('data', (c: Buffer) => {
+      got += c.length;
+      hash.update(c);
+      slow.peer.pause();
+      setTimeout(() => slow.peer.resume(), c.length / 16384);
+    });
+    slow.peer.resume();
+    await slow.ended;
+    assert.equal(got, reply.length, 'a reader that kept taking bytes was cut off');
+    assert.equal(hash.digest('hex'), createHash('sha256').update(reply).digest('hex'));
+    slow.peer.destroy();
   });
 }
 
