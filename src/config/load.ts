@@ -120,8 +120,9 @@ function unknownKeys(schema: TSchema, value: unknown, prefix: string): string[] 
   if (value === null || typeof value !== 'object' || Array.isArray(value)) return [];
   const s = schema as { properties?: Record<string, TSchema>; patternProperties?: Record<string, TSchema>; anyOf?: TSchema[] };
   if (s.anyOf) {
-    const objectBranch = s.anyOf.find((b) => (b as { type?: string }).type === 'object');
-    return objectBranch ? unknownKeys(objectBranch, value, prefix) : [];
+    // A key is unknown only if no object branch takes it: the branch that leaves fewest unknown says which.
+    const found = s.anyOf.filter((b) => (b as { type?: string }).type === 'object').map((b) => unknownKeys(b, value, prefix));
+    return found.length === 0 ? [] : found.reduce((best, keys) => (keys.length < best.length ? keys : best));
   }
   const out: string[] = [];
   for (const [k, v] of Object.entries(value)) {

@@ -44,6 +44,7 @@ test('config: unknown and mistyped keys name the key and the file', () => {
     ['templates: { d: { runtime: docker } }', /"templates\.d\.image" is required/],
     ['templates: { g: { runtime: gvisor } }', /"templates\.g\.image" is required for runtime gvisor/],
     ['templates: { d: { runtime: vm } }', /templates\.d\.runtime/],
+    ['templates: { s: { runtime: process, command: [x], port: 80, ready: { tcp: true, htp: / } } }', /unknown key "templates\.s\.ready\.htp"/],
     ['[1, 2]', /top level must be a mapping/],
     ['a: [', /not valid YAML/],
   ];
@@ -52,6 +53,11 @@ test('config: unknown and mistyped keys name the key and the file', () => {
   }
   const g = loadConfig({ file: file('g.yaml', 'templates: { g: { runtime: gvisor, image: i, command: [x], port: 80 } }'), env: {} }).config;
   assert.equal(g.templates.g!.port, 80, 'gvisor templates may serve sessions');
+  // Both readiness forms the README shows: a key of either branch is known.
+  for (const ready of ['{ http: /health }', '{ tcp: true }']) {
+    const t = loadConfig({ file: file('r.yaml', `templates: { s: { runtime: process, command: [x], port: 80, ready: ${ready} } }`), env: {} }).config;
+    assert.deepEqual(t.templates.s!.ready, ready.includes('tcp') ? { tcp: true } : { http: '/health' });
+  }
   assert.throws(() => loadConfig({ env: { KILN_PORT: 'abc' } }), /KILN_PORT="abc" is not an integer/);
   assert.throws(() => loadConfig({ file: join(dir, 'missing.yaml'), env: {} }), /missing\.yaml: cannot read/);
 });
