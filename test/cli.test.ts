@@ -172,3 +172,27 @@ test('kiln token create|ls|revoke on the local store; the server takes the token
     await new Promise((r) => server.on('close', r));
   }
 });
+
+test("kiln serve logs kiln's own warnings and counts pool refill failures", async () => {
+  const port = 17000 + Math.floor(Math.random() * 1000);
+  const file = join(dir, 'broken-pool.yaml');
+  // A server that exits at once: its pool can never fill.
+  writeFileSync(file, 'templates:\n  broken: { runtime: process, command: [sh, -c, "echo boom >&2; exit 1"], port: 8080, pool: { min: 1, max: 1 }, limits: { cpus: 0.1, memoryMb: 64, pids: 16 } }\n');
+  const server = spawn(process.execPath, [...CLI, 'serve', '--port', String(port), '--config', file, '--data-dir', join(dir, 'data-broken')], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  server.stdout.on('data', (c) => (log += c));
+  server.stderr.on('data', (c) => (log += c));
+  try {
+    let metrics = '';
+    for (let i = 0; i < 150 && !/kiln_pool_refill_failures_total\{template="broken"\} [1-9]/.test(metrics); i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      metrics = await fetch(`http://127.0.0.1:${port}/metrics`).then((r) => r.text(), () => '');
+    }
+    assert.match(metrics, /kiln_pool_refill_failures_total\{template="broken"\} [1-9]/);
+    for (let i = 0; i < 50 && !log.includes('pool refill failed'); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.match(log, /pool refill failed/, log);
+  } finally {
+    server.kill('SIGTERM');
+    await new Promise((r) => server.once('close', r));
+  }
+});

@@ -85,9 +85,19 @@ export function buildCli(): Command {
   serverOptions(program.command('serve').description('start the API server')).action(async (flags: ServerFlags) => {
     const config = configFrom(flags);
     const required = authRequired(config.auth, config.server.host); // refuses auth off on a public address before anything starts
-    const kiln = await startKiln(config, {});
+    // Kiln's own warnings (a sandbox that would not go, a pool that cannot refill) go to the server's log,
+    // which exists once the API is built: what comes before waits for it.
+    const early: [level: 'warn' | 'error', obj: object, msg: string][] = [];
+    let target: { warn(o: object, m: string): void; error(o: object, m: string): void } | undefined;
+    const kilnLog = {
+      warn: (o: object, m: string) => (target ? target.warn(o, m) : early.push(['warn', o, m])),
+      error: (o: object, m: string) => (target ? target.error(o, m) : early.push(['error', o, m])),
+    };
+    const kiln = await startKiln(config, { log: kilnLog });
     const app = await buildApi(kiln, { logger: { level: config.server.logLevel } });
     const log = app.log;
+    target = log;
+    for (const [level, o, m] of early.splice(0)) log[level](o, m);
     if (!required) log.warn({ host: config.server.host }, 'auth is off: loopback only, every local caller is admin');
     else if (!config.auth.jwt && (await kiln.tokens.count()) === 0) log.warn('auth is on and no API token exists yet: make one with kiln token create --scope admin');
     kiln.runs.languages().catch(() => undefined); // probe toolchain versions in the background

@@ -81,6 +81,8 @@ export class KilnMetrics {
         this.inc(gauges.proxy().requests);
       },
     });
+    const refillFailures = new Counter({ name: 'kiln_pool_refill_failures_total', help: 'Pool sandboxes that failed to start, or whose server exited while it waited', labelNames: ['template'], registers: [this.registry] });
+    events.on('pool:refill:failed', (f) => refillFailures.inc({ template: f.template }));
     events.on('session:claimed', (c) => this.claimDuration.observe({ template: c.template, from_pool: String(c.fromPool) }, c.ms / 1000));
     events.on('run:running', (run) => {
       if (run.startedAt) this.queueWait.observe((Date.parse(run.startedAt) - Date.parse(run.createdAt)) / 1000);

@@ -16,6 +16,7 @@ import type { KilnEventBus } from '../events.js';
 import type { Runtimes } from '../runtimes/index.js';
 import type { Budget, Reservation } from './budget.js';
 import { startWarm, type WarmSandbox } from './warm.js';
+import { teardown } from '../sandbox/teardown.js';
 
 const REFILL_DELAY_MS = 250;
 
@@ -166,8 +167,7 @@ export class Pool {
   }
 
   private async discard(w: WarmSandbox): Promise<void> {
-    await w.sandbox.destroy().catch(() => undefined);
-    this.deps.budget.release(w.reservation);
+    await teardown(w.sandbox, () => this.deps.budget.release(w.reservation), this.deps.log, { template: this.template });
   }
 
   /** Destroy the ready sandboxes; claimed ones belong to their sessions. */

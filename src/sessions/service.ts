@@ -17,6 +17,7 @@ import type { Db } from '../store/db.js';
 import { sql } from 'kysely';
 import { can, sees, type Principal } from '../auth/principal.js';
 import { argvProblem, envProblem } from '../sandbox/argv.js';
+import { teardown } from '../sandbox/teardown.js';
 import { SESSION_STATUS, TRANSITIONS, type SessionRequest, type SessionStatus, type SessionView, type StopReason } from './types.js';
 
 export interface SessionServiceDeps {
@@ -273,9 +274,8 @@ export class SessionService {
     } catch (e) {
       // Whatever failed, the sandbox (if it came up) and its reservations go back.
       session.warm = undefined;
-      await warm?.sandbox.destroy().catch(() => undefined);
-      this.deps.budget.release(reservation);
-      this.pools.get(session.template)?.release();
+      if (warm) await teardown(warm.sandbox, () => this.giveBack(session.template, reservation), this.deps.log, { session: session.id });
+      else this.giveBack(session.template, reservation);
       if (session.status === 'starting') {
         session.error = messageOf(e);
         await this.transition(session, 'failed', 'failed');
@@ -379,14 +379,18 @@ export class SessionService {
     }
   }
 
+  /** A session's sandbox is gone: its budget and its place in the template's `max` go back. */
+  private giveBack(template: string, reservation: Reservation): void {
+    this.deps.budget.release(reservation);
+    this.pools.get(template)?.release();
+  }
+
   private async release(session: LiveSession): Promise<void> {
     const warm = session.warm;
     if (!warm) return;
     session.warm = undefined;
     dropBackend(warm.link);
-    await warm.sandbox.destroy().catch((e: unknown) => this.deps.log?.warn({ err: messageOf(e), session: session.id }, 'sandbox destroy failed'));
-    this.deps.budget.release(warm.reservation);
-    this.pools.get(session.template)?.release();
+    await teardown(warm.sandbox, () => this.giveBack(session.template, warm.reservation), this.deps.log, { session: session.id });
   }
 
   /** Warn before, and end at, idle timeout and max duration; forget stale stopped sessions. */

@@ -7,7 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Docker from 'dockerode';
 import { DockerRuntime } from '../../src/runtimes/docker/driver.js';
+import type { Sandbox } from '../../src/runtimes/types.js';
 import { runtimeContract } from './contract.js';
+import { startTestKiln, testConfig } from '../helpers.js';
 
 // Needs dockerd and the kiln-python:local image (scripts/setup makes both); fails, never skips, without them.
 const instanceId = `test-${randomBytes(4).toString('hex')}`;
@@ -72,6 +74,64 @@ test('docker: a dropped engine connection is not taken for the main process endi
   } finally {
     await sb.destroy();
     assert.deepEqual(await rt.listOwn(), []);
+    engine.close();
+  }
+});
+
+test('docker: a removal the engine cannot do now is tried again, and the orphan sweep takes it', async () => {
+  const engine = await engineInBetween();
+  const rt = new DockerRuntime({ instanceId: `test-${randomBytes(4).toString('hex')}`, socketPath: engine.path, ociRuntime: 'runc' });
+  const spec = { template: 'gone', limits: { cpus: 1, memoryMb: 128, pids: 32, diskMb: 16 }, options: { image: 'kiln-python:local' } };
+  const made: Sandbox[] = [];
+  try {
+    const [a, b] = [await rt.create(spec), await rt.create(spec)];
+    made.push(a, b);
+    engine.refuse(true);
+    engine.cut(); // kept connections too
+    await assert.rejects(a.destroy());
+    await assert.rejects(b.destroy());
+    engine.refuse(false);
+    assert.equal((await rt.listOwn()).length, 2, 'both containers still run');
+    await a.destroy(); // tried again
+    assert.deepEqual(await rt.listOwn(), [b.id]);
+    assert.equal(await rt.reapOrphans(), 1, 'a sandbox whose removal failed is no longer counted live');
+    assert.deepEqual(await rt.listOwn(), []);
+    await b.destroy(); // already gone: done
+  } finally {
+    engine.refuse(false);
+    await Promise.allSettled(made.map((sb) => sb.destroy()));
+    await rt.reapOrphans();
+    engine.close();
+  }
+});
+
+test('docker: a session whose sandbox the engine cannot remove now ends at once, and its budget is held until the sandbox is gone', async () => {
+  const engine = await engineInBetween();
+  const c = testConfig({ runtimes: { docker: { socketPath: engine.path } } });
+  c.templates['demo-docker'] = { ...c.templates['demo-docker']!, pool: { min: 0, max: 2 } };
+  const t = await startTestKiln(c);
+  try {
+    const created = await t.app.inject({ method: 'POST', url: '/v1/sessions', payload: { template: 'demo-docker' } });
+    assert.equal(created.statusCode, 201, created.body);
+    const id = created.json().id as string;
+    for (let i = 0; i < 200 && (await t.app.inject({ url: `/v1/sessions/${id}` })).json().status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 100));
+    const held = t.kiln.budget.snapshot().cpuUsed;
+    assert.ok(held > 0);
+
+    engine.refuse(true);
+    engine.cut();
+    const removed = await t.app.inject({ method: 'DELETE', url: `/v1/sessions/${id}` });
+    assert.equal(removed.statusCode, 200, removed.body);
+    assert.equal(removed.json().status, 'stopped');
+    assert.equal(t.kiln.budget.snapshot().cpuUsed, held, 'the budget went back while the container still runs');
+
+    engine.refuse(false);
+    for (let i = 0; i < 100 && t.kiln.budget.snapshot().cpuUsed > 0; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(t.kiln.budget.snapshot().cpuUsed, 0, 'the budget never came back');
+    assert.deepEqual(await t.kiln.runtimes.get('docker')!.listOwn(), [], 'the container was not removed');
+  } finally {
+    engine.refuse(false);
+    await t.close();
     engine.close();
   }
 });

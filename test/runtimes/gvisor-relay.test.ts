@@ -9,6 +9,9 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { GvisorRuntime } from '../../src/runtimes/gvisor/driver.js';
 import { RELAY_PATH } from '../../src/runtimes/gvisor/relay.js';
+import { SENTRY_HOST_DIR } from '../../src/runtimes/docker/driver.js';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { PortLink, Sandbox } from '../../src/runtimes/types.js';
 import { LIMITS } from './contract.js';
 
@@ -110,4 +113,23 @@ test('gvisor relay: a port nothing listens on ends the connection without a byte
     assert.equal(refused.exitCode, 5, 'the killer refuses a pid that is not a relay');
     assert.match(refused.stderr.toString(), /not a relay/);
   });
+});
+
+test("the orphan sweep drops relay dirs whose container is gone, and keeps a live sandbox's", async () => {
+  const rt = new GvisorRuntime({ instanceId: `test-${randomBytes(4).toString('hex')}`, socketPath: '/var/run/docker.sock' });
+  // As a kiln killed with its gVisor sandboxes up leaves it, once the next start reaped the containers.
+  const stale = join(SENTRY_HOST_DIR, `kd-${randomBytes(8).toString('hex')}`);
+  mkdirSync(stale, { recursive: true });
+  writeFileSync(join(stale, '8080.sock'), '');
+  const sb = await rt.create({ template: 'relay', limits: { cpus: 1, memoryMb: 256, pids: 64, diskMb: 16 }, options: { image: 'kiln-python:local' }, main: { command: ['python3', '-c', SERVER] } });
+  try {
+    await sb.portLink(PORT);
+    await rt.reapOrphans();
+    assert.equal(existsSync(stale), false, 'the stale relay dir is still there');
+    assert.equal(existsSync(join(SENTRY_HOST_DIR, sb.id)), true, "a live sandbox's relay dir was dropped");
+  } finally {
+    rmSync(stale, { recursive: true, force: true });
+    await sb.destroy();
+  }
+  assert.deepEqual(await rt.listOwn(), []);
 });

@@ -18,7 +18,7 @@ import Docker from 'dockerode';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { Writable } from 'node:stream';
 import { KilnError } from '../../errors.js';
@@ -204,7 +204,18 @@ export class DockerRuntime implements Runtime {
   async reapOrphans(): Promise<number> {
     const own = (await this.ownContainers()).filter((c) => !this.live.has(c.Labels['kiln.sandbox'] ?? ''));
     await Promise.all(own.map((c) => this.docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined)));
+    if (this.opts.sentry) await this.dropRelayDirs();
     return own.length;
+  }
+
+  /** gVisor's relay dirs whose sandbox is gone (a crash left them): any kiln's container that exists keeps its own. */
+  private async dropRelayDirs(): Promise<void> {
+    const names = await readdir(SENTRY_HOST_DIR).catch(() => [] as string[]);
+    const containers = await this.docker.listContainers({ all: true, filters: { label: ['kiln.sandbox'] } }).catch(() => undefined);
+    if (!containers) return; // no engine: nothing can be told apart
+    const exist = new Set(containers.map((c) => c.Labels['kiln.sandbox']));
+    const gone = names.filter((n) => n.startsWith('kd-') && !this.live.has(n) && !exist.has(n));
+    await Promise.all(gone.map((n) => rm(join(SENTRY_HOST_DIR, n), { recursive: true, force: true })));
   }
 
   async close(): Promise<void> {
@@ -213,7 +224,10 @@ export class DockerRuntime implements Runtime {
 }
 
 class DockerSandbox implements Sandbox {
+  /** destroy() was called: execs are refused, the main process is no longer waited on. */
   private destroyed = false;
+  /** The engine removed the container. */
+  private removed = false;
   private readonly cgroup: ContainerCgroup;
   /** How ports are reached: links into the container's network namespace (runc), or an exec relay (gVisor's netstack). */
   private readonly ports: NetnsPorts | ExecRelays;
@@ -436,14 +450,25 @@ class DockerSandbox implements Sandbox {
     return { cpuMs: Math.round(u.cpuMs), memoryKb: u.memoryKb, pids: u.pids };
   }
 
+  /**
+   * Remove the container. When the engine refuses or cannot be reached, this
+   * throws and a later call tries again; either way the container is no longer
+   * counted live, so the runtime's orphan sweep removes it once it can.
+   */
   async destroy(): Promise<void> {
-    if (this.destroyed) return;
-    this.destroyed = true;
-    this.ports.close();
-    await this.container.remove({ force: true }).catch((e: { statusCode?: number }) => {
-      if (e.statusCode !== 404) throw e;
-    });
-    this.onDestroy();
+    if (this.removed) return;
+    if (!this.destroyed) {
+      this.destroyed = true;
+      this.ports.close();
+    }
+    try {
+      await this.container.remove({ force: true }).catch((e: { statusCode?: number }) => {
+        if (e.statusCode !== 404) throw e;
+      });
+      this.removed = true;
+    } finally {
+      this.onDestroy();
+    }
   }
 }
 
