@@ -59,6 +59,8 @@ const KILL_TIMEOUT_MS = 15_000;
 const REAP_WAIT_LOOKS = 300;
 /** Pauses between waits on a container whose engine connection failed, ms: doubling from min to max. */
 const EXIT_RETRY_MS = { min: 100, max: 5000 };
+/** How often a gVisor sandbox with a server has its memory looked at, ms. */
+const SENTRY_MEMORY_POLL_MS = 250;
 const BASE_ENV = ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'TMPDIR=/tmp', 'LANG=C.UTF-8'];
 
 /**
@@ -232,6 +234,10 @@ class DockerSandbox implements Sandbox {
   /** How ports are reached: links into the container's network namespace (runc), or an exec relay (gVisor's netstack). */
   private readonly ports: NetnsPorts | ExecRelays;
   readonly mainExited: Promise<void> | undefined;
+  /** Execs under way (gVisor: while any runs, its own memory watch is the one that acts). */
+  private execsRunning = 0;
+  /** gVisor with a server: the timer that holds the sandbox to its memoryMb. */
+  private memoryWatch: NodeJS.Timeout | undefined;
   /** Memory and pids limits the container has now; an exec narrower than these updates them first. */
   private current: { memoryMb: number; pids: number };
 
@@ -255,10 +261,28 @@ class DockerSandbox implements Sandbox {
     // Under runsc the sandbox's loopback lives in gVisor's netstack, not in a host network namespace.
     this.ports = sentry ? new ExecRelays(join(SENTRY_HOST_DIR, id), container, SANDBOX_USER, relayMounts().length > 0) : new NetnsPorts(id, nsPid);
     this.mainExited = spec.main ? containerExit(container, socketPath, () => this.destroyed) : undefined;
+    // The host limit leaves the sentry headroom above memoryMb: a server is held to memoryMb by watching.
+    if (sentry && spec.main) this.memoryWatch = setInterval(() => void this.checkServerMemory(), SENTRY_MEMORY_POLL_MS).unref();
+  }
+
+  /** gVisor: past its memoryMb (plus the sentry's own), the sandbox's server is killed, as the OOM killer would under runc. */
+  private async checkServerMemory(): Promise<void> {
+    if (this.destroyed) return clearInterval(this.memoryWatch);
+    if (this.execsRunning > 0) return; // each exec's own watch holds the sandbox to the same cap, and kills only the exec
+    const held = await this.cgroup.unreclaimableBytes().catch(() => 0);
+    if (held <= execMemoryCap(0, Infinity, this.spec.limits.memoryMb)) return;
+    clearInterval(this.memoryWatch);
+    await this.container.kill().catch(() => undefined); // the main process ends: its session fails
   }
 
   async portLink(port: number): Promise<PortLink> {
     return this.ports.link(port);
+  }
+
+  /** Under gVisor, asked inside (an exec); under runc, the link's refusal answers as fast, so the caller probes. */
+  async portListening(port: number): Promise<boolean | undefined> {
+    if (!(this.ports instanceof ExecRelays) || this.destroyed) return undefined;
+    return this.ports.listening(port).catch(() => false); // not undefined: a probe through a relay cannot tell
   }
 
   async mainLog(): Promise<string> {
@@ -270,6 +294,15 @@ class DockerSandbox implements Sandbox {
   async exec(req: ExecRequest): Promise<ExecResult> {
     if (this.destroyed) throw new KilnError('sandbox_gone', `sandbox ${this.id} was destroyed`, 410);
     if (req.command.length === 0) throw new KilnError('invalid_request', 'command: must name a program', 400);
+    this.execsRunning++;
+    try {
+      return await this.runExec(req);
+    } finally {
+      this.execsRunning--;
+    }
+  }
+
+  private async runExec(req: ExecRequest): Promise<ExecResult> {
     const limits = req.limits;
     if (!this.sentry) await this.narrowLimits(limits);
     const before = await this.cgroup.read(true);
@@ -459,6 +492,7 @@ class DockerSandbox implements Sandbox {
     if (this.removed) return;
     if (!this.destroyed) {
       this.destroyed = true;
+      clearInterval(this.memoryWatch);
       this.ports.close();
     }
     try {

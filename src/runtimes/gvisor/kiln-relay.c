@@ -5,6 +5,9 @@
  *
  *   kiln-relay PORT       connect to 127.0.0.1:PORT inside the sandbox, then
  *                         copy stdin -> socket and socket -> stdout.
+ *   kiln-relay -t PORT    exit 0 if 127.0.0.1:PORT accepts a connection, else
+ *                         3: kiln's TCP readiness check (a relay's own client
+ *                         cannot tell a refused connect from a slow exec)
  *   kiln-relay -k PID     SIGKILL relay PID (kiln's client went away while the
  *                         relay still runs; docker does not end an exec whose
  *                         attach connection closed). Refuses any other process.
@@ -111,20 +114,24 @@ int main(int argc, char **argv) {
     }
     return kill_relay(pid, argv[0]);
   }
-  long port = argc == 2 ? parse_decimal(argv[1], 65535) : -1;
+  int test = argc == 3 && strcmp(argv[1], "-t") == 0;
+  long port = argc == 2 ? parse_decimal(argv[1], 65535) : test ? parse_decimal(argv[2], 65535) : -1;
   if (port < 1) {
-    fprintf(stderr, "usage: kiln-relay PORT | kiln-relay -k PID\n");
+    fprintf(stderr, "usage: kiln-relay PORT | kiln-relay -t PORT | kiln-relay -k PID\n");
     return 2;
   }
-  fprintf(stderr, "kiln-exec-pid %ld\n", (long)getpid());
-  fflush(stderr);
+  if (!test) {
+    fprintf(stderr, "kiln-exec-pid %ld\n", (long)getpid());
+    fflush(stderr);
+  }
 
   int sock = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   if (sock < 0 || connect(sock, (struct sockaddr *)&addr, sizeof addr) != 0) {
-    fprintf(stderr, "kiln-relay: connect 127.0.0.1:%ld: %s\n", port, strerror(errno));
+    if (!test) fprintf(stderr, "kiln-relay: connect 127.0.0.1:%ld: %s\n", port, strerror(errno));
     return 3;
   }
+  if (test) return close(sock), 0;
   int one = 1;
   setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   set_nonblock(0);

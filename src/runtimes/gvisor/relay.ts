@@ -99,6 +99,25 @@ export class ExecRelays {
     void conn.start();
   }
 
+  /**
+   * Whether something inside accepts connections on `port`: one exec of
+   * `kiln-relay -t`. A relay's own client cannot tell: its unix connect always
+   * succeeds, and a refused relay hangs up only after its exec has started.
+   */
+  async listening(port: number): Promise<boolean> {
+    const exec = await this.container.exec({ Cmd: [RELAY_PATH, '-t', String(port)], User: this.user, AttachStdout: true, AttachStderr: true });
+    const out = await exec.start({ hijack: true, stdin: false });
+    out.resume();
+    await new Promise<void>((resolve) => (out.on('end', resolve), out.on('close', resolve), out.on('error', () => resolve())));
+    // The exec's exit code is set a moment after its output ends.
+    for (let i = 0; i < 100; i++) {
+      const info = await exec.inspect();
+      if (!info.Running) return info.ExitCode === 0;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return false;
+  }
+
   /** The sandbox is being removed: drop every client; the relays die with the container. */
   close(): void {
     this.closed = true;
