@@ -135,3 +135,23 @@ test('docker: a session whose sandbox the engine cannot remove now ends at once,
     engine.close();
   }
 });
+
+test("docker: a session exec's CPU limit and cpuMs are its own, not its busy server's", { timeout: 60_000 }, async () => {
+  const rt = new DockerRuntime({ instanceId: `test-${randomBytes(4).toString('hex')}`, socketPath: '/var/run/docker.sock', ociRuntime: 'runc' });
+  // A server that keeps two CPUs busy.
+  const sb = await rt.create({ template: 'busy', limits: { cpus: 2, memoryMb: 256, pids: 64, diskMb: 16 }, options: { image: 'kiln-python:local' }, main: { command: ['sh', '-c', 'yes >/dev/null & yes >/dev/null & exec sleep 600'] } });
+  const limits = { wallMs: 10_000, cpuMs: 1000, memoryMb: 128, pids: 32, outputBytes: 1 << 16 };
+  try {
+    await new Promise((r) => setTimeout(r, 300));
+    const idle = await sb.exec({ command: ['sleep', '2'], limits });
+    assert.equal(idle.killedBy, null, `sleep 2 was killed: ${JSON.stringify({ ...idle, stdout: undefined, stderr: undefined })}`);
+    assert.equal(idle.exitCode, 0);
+    assert.ok(idle.cpuMs < 300, `sleep 2 used ${idle.cpuMs} ms of CPU`);
+    const spin = await sb.exec({ command: ['python3', '-c', 'while True: pass'], limits });
+    assert.equal(spin.killedBy, 'cpu_timeout', 'the exec\'s own CPU is still limited');
+    assert.ok(spin.cpuMs >= 1000 && spin.cpuMs < 4000, `cpuMs ${spin.cpuMs}`);
+  } finally {
+    await sb.destroy();
+  }
+  assert.deepEqual(await rt.listOwn(), []);
+});

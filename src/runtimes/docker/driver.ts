@@ -61,6 +61,8 @@ const REAP_WAIT_LOOKS = 300;
 const EXIT_RETRY_MS = { min: 100, max: 5000 };
 /** How often a gVisor sandbox with a server has its memory looked at, ms. */
 const SENTRY_MEMORY_POLL_MS = 250;
+/** /proc/<pid>/stat counts CPU in clock ticks: 100 a second on Linux (USER_HZ). */
+const MS_PER_TICK = 10;
 const BASE_ENV = ['PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/tmp', 'TMPDIR=/tmp', 'LANG=C.UTF-8'];
 
 /**
@@ -306,6 +308,10 @@ class DockerSandbox implements Sandbox {
     const limits = req.limits;
     if (!this.sentry) await this.narrowLimits(limits);
     const before = await this.cgroup.read(true);
+    // runc: a session's server shares the container's cgroup, so its CPU while the exec runs is taken out of the
+    // exec's. (Under gVisor the host sees only the sentry: there, both count.)
+    const server = !this.sentry && this.spec.main ? await this.processCpu() : undefined;
+    const execCpuMs = async (total: number) => total - before.cpuMs - (server ? await this.cpuSince(server) : 0);
     // Under gVisor an exec's memory is what the container gains while it runs (no per-exec cgroup exists).
     const memoryCap = this.sentry ? execMemoryCap(await this.cgroup.unreclaimableBytes(), Math.min(limits.memoryMb, this.spec.limits.memoryMb), this.spec.limits.memoryMb) : Infinity;
     const exec = await this.container.exec({
@@ -353,7 +359,7 @@ class DockerSandbox implements Sandbox {
       if (polling) return;
       polling = true;
       void (async () => {
-        if ((await this.cgroup.cpuMs()) - before.cpuMs > limits.cpuMs) kill('cpu_timeout');
+        if ((await execCpuMs(await this.cgroup.cpuMs())) > limits.cpuMs) kill('cpu_timeout');
         if (this.sentry && (await this.cgroup.unreclaimableBytes()) > memoryCap) {
           memoryKilled = true;
           kill(null);
@@ -377,7 +383,7 @@ class DockerSandbox implements Sandbox {
       await new Promise((r) => setTimeout(r, 10));
     }
     const after = await this.cgroup.read(false);
-    const cpuMs = Math.round(after.cpuMs - before.cpuMs);
+    const cpuMs = Math.max(0, Math.round(await execCpuMs(after.cpuMs)));
     if (killedBy === null && !memoryKilled && cpuMs > limits.cpuMs) {
       killedBy = 'cpu_timeout';
       killedByUs = true;
@@ -445,6 +451,26 @@ class DockerSandbox implements Sandbox {
   }
 
   /** The container's processes in session `sid` (zombies not yet reaped included). */
+  /** CPU ms of each process in the container now (its own and its reaped children's), by pid. */
+  private async processCpu(pids?: Iterable<number>): Promise<Map<number, number>> {
+    const out = new Map<number, number>();
+    for (const pid of pids ?? (await this.cgroup.pids())) {
+      const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+      if (!stat) continue;
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // f[11..14]: utime stime cutime cstime
+      out.set(pid, (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) * MS_PER_TICK);
+    }
+    return out;
+  }
+
+  /** CPU ms the processes of `then` used since (one gone since counts nothing more). */
+  private async cpuSince(then: Map<number, number>): Promise<number> {
+    const now = await this.processCpu(then.keys());
+    let ms = 0;
+    for (const [pid, was] of then) ms += Math.max(0, (now.get(pid) ?? was) - was);
+    return ms;
+  }
+
   private async sessionPids(sid: number): Promise<number[]> {
     const out: number[] = [];
     for (const pid of await this.cgroup.pids()) {
