@@ -37,6 +37,8 @@ export class Pool {
   private backoffMs = 0;
   private lastFailureAt = 0;
   private refilling = false;
+  /** refill() was called during a pass: another pass follows it. */
+  private refillAgain = false;
   /** The refill that waits out a back-off after a failure (cleared on close). */
   private retry: NodeJS.Timeout | undefined;
   private readonly unsubscribe: () => void;
@@ -90,10 +92,19 @@ export class Pool {
 
   /** Start sandboxes until `min` are ready or starting, within `max` and the budget. */
   refill(): void {
-    if (this.refilling || this.closed) return;
+    if (this.closed) return;
+    if (this.refilling) {
+      // A pass is under way and may have looked before this call's reason (a release) counted: once more after it.
+      this.refillAgain = true;
+      return;
+    }
     this.refilling = true;
     void this.refillLoop().finally(() => {
       this.refilling = false;
+      if (this.refillAgain) {
+        this.refillAgain = false;
+        this.refill();
+      }
     });
   }
 

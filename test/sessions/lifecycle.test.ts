@@ -113,6 +113,17 @@ describe('session lifecycle edges', () => {
     });
   });
 
+  test('a pool at its max refills once a session of it ends', async () => {
+    await withKiln(config({ one: { pool: { min: 1, max: 1 } } }), async (k, api) => {
+      await eventually(() => pool(k, 'one').ready === 1, 'the pool never filled');
+      const s = await api('POST', '/v1/sessions', { template: 'one' });
+      assert.equal(s.body.fromPool, true);
+      await sleep(1000); // past the refill the claim schedules (which finds the pool at its max)
+      assert.equal((await api('DELETE', `/v1/sessions/${s.body.id}`)).status, 200);
+      await eventually(() => pool(k, 'one').ready === 1, `the pool stayed short: ${JSON.stringify(pool(k, 'one'))}`);
+    });
+  });
+
   test('a session whose server dies ends as failed, with its sandbox and budget given back', async () => {
     await withKiln(config({ w: {} }), async (k, api) => {
       const s = await api('POST', '/v1/sessions', { template: 'w' });
