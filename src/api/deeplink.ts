@@ -8,7 +8,7 @@
  */
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Kiln } from '../app.js';
-import { requireScope } from '../auth/principal.js';
+import { requireScope, type Principal } from '../auth/principal.js';
 import { unauthorized } from '../auth/jwt.js';
 import { isKilnError, type KilnError } from '../errors.js';
 import { pageHtml } from '../proxy/pages.js';
@@ -16,28 +16,41 @@ import { FixedWindow, SECURE_PAGE_HEADERS } from './protect.js';
 
 export function registerDeepLink(app: FastifyInstance, kiln: Kiln): void {
   const creates = new FixedWindow(kiln.config.auth.public.createsPerMinute, 60_000);
-  app.get<{ Params: { template: string } }>('/open/:template', { config: { access: 'public' } }, async (req, reply) => {
-    const name = req.params.template;
+  /** The template a caller may open by link; throws as GET would answer otherwise. */
+  const openable = (name: string, principal: Principal) => {
     const templates = kiln.config.templates;
     const t = Object.hasOwn(templates, name) ? templates[name] : undefined;
-    if (req.principal.kind === 'anonymous') {
-      // Unknown and private templates look alike to a stranger.
-      if (!t?.public) throw unauthorized(`template ${name} needs credentials (it is not public)`);
+    // Unknown and private templates look alike to a stranger.
+    if (principal.kind === 'anonymous' && !t?.public) throw unauthorized(`template ${name} needs credentials (it is not public)`);
+    if (principal.kind !== 'anonymous') requireScope(principal, 'sessions:write');
+    return t;
+  };
+  // HEAD (link checkers, chat unfurlers) claims nothing: it says whether the link would work.
+  app.head<{ Params: { template: string } }>('/open/:template', { config: { access: 'public' } }, async (req, reply) => {
+    const t = openable(req.params.template, req.principal);
+    return reply.code(t ? 200 : 404).header('cache-control', 'no-store').type('text/html; charset=utf-8').send();
+  });
+  app.get<{ Params: { template: string } }>('/open/:template', { config: { access: 'public' }, exposeHeadRoute: false }, async (req, reply) => {
+    const name = req.params.template;
+    const t = openable(name, req.principal);
+    const anonymous = req.principal.kind === 'anonymous';
+    if (anonymous) {
       const wait = creates.take(req.ip);
       if (wait > 0) return busy(reply, 429, 'Too many new sessions', `This address opened too many sessions in the last minute. This page tries again in ${wait} seconds.`, wait);
-    } else {
-      requireScope(req.principal, 'sessions:write');
     }
     try {
       const session = await kiln.sessions.create({ template: name }, req.principal);
       // To the token URL; a browser arriving there is handed the session's cookie and moved off it by the proxy.
       return reply.header('cache-control', 'no-store').header('referrer-policy', 'no-referrer').redirect(`/s/${session.token!}${t?.openPath ?? '/'}`, 302);
     } catch (e) {
+      // Nothing was opened: the try does not count against the address (a busy page reloads itself).
+      if (anonymous) creates.giveBack(req.ip);
       const err = e as KilnError;
       if (!isKilnError(err) || (err.status !== 503 && err.status !== 429)) throw e;
       const retry = err.retryAfterS ?? 10;
-      const text = err.status === 503 ? `Every instance of ${name} is in use. This page tries again in ${retry} seconds.` : `${err.message}. This page tries again in ${retry} seconds.`;
-      return busy(reply, err.status, err.status === 503 ? 'All instances are busy' : 'Too many sessions', text, retry);
+      const full = err.code === 'no_capacity' || err.code === 'over_budget';
+      const text = full ? `Every instance of ${name} is in use. This page tries again in ${retry} seconds.` : `${err.message.replace(/\.$/, '')}. This page tries again in ${retry} seconds.`;
+      return busy(reply, err.status, full ? 'All instances are busy' : err.status === 503 ? 'Not available now' : 'Too many sessions', text, retry);
     }
   });
 }

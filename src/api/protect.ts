@@ -34,6 +34,12 @@ export class FixedWindow {
     return 0;
   }
 
+  /** Undo a take() whose action did not happen (a deep link that found every instance busy). */
+  giveBack(key: string): void {
+    const n = this.counts.get(key) ?? 0;
+    if (n > 0) this.counts.set(key, n - 1);
+  }
+
   private retryAfterS(): number {
     return Math.max(1, Math.ceil((this.windowStart + this.windowMs - Date.now()) / 1000));
   }

@@ -79,7 +79,8 @@ export const DEFAULT_CONFIG: KilnConfig = {
       pool: { min: 0, max: 20 },
       limits: { cpus: 0.5, memoryMb: 256, pids: 64 },
       openPath: '/',
-      public: true,
+      // Not public: a server with auth on should not hand sandboxes to anyone who knows the name.
+      public: false,
     },
     // The same demo on the docker runtime (the server is baked into kiln-python:local).
     'demo-docker': { ...DEMO_IMAGE_SESSION, runtime: 'docker' },

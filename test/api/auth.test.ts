@@ -30,7 +30,7 @@ function authConfig(over: (c: KilnConfig) => void = () => undefined): KilnConfig
     auth: { enabled: true, jwt: { algorithm: 'HS256', secretFile: join(dir, 'jwt.secret'), issuer: 'school' }, public: { sessionsPerClient: 2, createsPerMinute: 3 } },
     budget: { cpuTotal: 64, memoryTotalMb: 64 * 1024 },
   });
-  c.templates['demo-web'] = { ...c.templates['demo-web']!, pool: { min: 1, max: 8 }, limits: { cpus: 0.25, memoryMb: 128, pids: 64 } };
+  c.templates['demo-web'] = { ...c.templates['demo-web']!, public: true, pool: { min: 1, max: 8 }, limits: { cpus: 0.25, memoryMb: 128, pids: 64 } };
   c.templates['private-web'] = { ...c.templates['demo-web']!, public: false, pool: { min: 0, max: 4 } };
   over(c);
   return c;
@@ -197,6 +197,13 @@ describe('auth', () => {
   });
 
   test('public deep links: anonymous visitors are limited per address; the browser gets an HttpOnly cookie and leaves the token URL', async () => {
+    // HEAD (a link checker) says the link works and opens nothing.
+    const claimed = () => t.kiln.sessions.poolViews().find((p) => p.template === 'demo-web')!.claimed;
+    const before = claimed();
+    const head = await call('HEAD', '/open/demo-web');
+    assert.equal(head.status, 200);
+    assert.equal(claimed(), before, 'HEAD claimed a sandbox');
+    assert.equal((await call('HEAD', '/open/private-web')).status, 401);
     // Two sessions at once per address (the first test opened one already).
     const second = await call('GET', '/open/demo-web');
     assert.equal(second.status, 302);
@@ -224,8 +231,9 @@ describe('auth', () => {
     assert.equal((await fetch(base + moved)).status, 404, 'the id URL without the cookie leads nowhere');
     assert.equal((await fetch(base + moved, { headers: { cookie: `kiln_s=${'A'.repeat(22)}` } })).status, 404);
     assert.equal((await fetch(base + location)).status, 200, 'API clients keep using the token URL');
-    // Creates per minute: the limit is 3, and this address made 3 attempts that reached a claim.
+    // Creates per minute: the limit is 3. This address opened 2; the refused third opened nothing and does not count.
     for (const s of t.kiln.sessions.list()) if (s.status === 'ready') await call('DELETE', `/v1/sessions/${s.id}`, { token: tok.admin });
+    assert.equal((await call('GET', '/open/demo-web')).status, 302, 'a refused open counted against the address');
     const again = await call('GET', '/open/demo-web');
     assert.equal(again.status, 429, 'creates per minute per address');
     assert.match(again.body, /too many sessions/i);

@@ -53,6 +53,7 @@ test('config: unknown and mistyped keys name the key and the file', () => {
   }
   const g = loadConfig({ file: file('g.yaml', 'templates: { g: { runtime: gvisor, image: i, command: [x], port: 80 } }'), env: {} }).config;
   assert.equal(g.templates.g!.port, 80, 'gvisor templates may serve sessions');
+  for (const [name, t] of Object.entries(DEFAULT_CONFIG.templates)) assert.notEqual(t.public, true, `the embedded ${name} is public: anyone could start sandboxes on a server with auth on`);
   // Both readiness forms the README shows: a key of either branch is known.
   for (const ready of ['{ http: /health }', '{ tcp: true }']) {
     const t = loadConfig({ file: file('r.yaml', `templates: { s: { runtime: process, command: [x], port: 80, ready: ${ready} } }`), env: {} }).config;
