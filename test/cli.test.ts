@@ -43,6 +43,13 @@ test('bad input on the CLI: one line, non-zero exit', () => {
   const missing = kiln(['run', 'missing.py']);
   assert.match(missing.stderr, /^kiln: cannot read missing.py: ENOENT\n$/);
   assert.equal(missing.status, 2);
+  // Usage errors: one line, exit 2, not the whole help text.
+  for (const args of [['session', 'create'], ['session', 'create', 'demo-web', '--bogus'], ['nosuch']]) {
+    const usage = kiln(args);
+    assert.equal(usage.status, 2, args.join(' '));
+    assert.match(usage.stderr, /^kiln: [^\n]+\n$/, usage.stderr);
+  }
+  assert.equal(kiln(['--version']).status, 0);
   const badPort = kiln(['serve', '--port', 'http']);
   assert.match(badPort.stderr, /^kiln: --port/);
   const badConfig = join(dir, 'bad.yaml');

@@ -3,7 +3,7 @@
  * client commands talk to KILN_URL with KILN_TOKEN. Every failure is one line
  * on stderr and a non-zero exit.
  */
-import { Command } from 'commander';
+import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { basename, extname } from 'node:path';
 import { stringify as toYaml } from 'yaml';
@@ -80,7 +80,9 @@ function runBody(config: KilnConfig | undefined, file: string, o: { language?: s
 
 export function buildCli(): Command {
   const program = new Command('kiln').version(VERSION).description('Isolated, fast-to-start compute: runs, sessions, jobs.');
-  program.showHelpAfterError();
+  // Usage errors are one line too (`kiln: missing required argument 'template'`), exit 2; subcommands inherit this.
+  program.exitOverride();
+  program.configureOutput({ outputError: (text, write) => write(`kiln: ${text.replace(/^error: /, '').trim()} (see --help)\n`) });
 
   serverOptions(program.command('serve').description('start the API server')).action(async (flags: ServerFlags) => {
     const config = configFrom(flags);
@@ -244,7 +246,7 @@ export function buildCli(): Command {
       process.stdout.write(line('ID', 'TEMPLATE', 'STATUS', 'REASON', 'CREATED', 'URL'));
       for (const s of sessions) {
         const live = s.status === 'starting' || s.status === 'ready';
-        process.stdout.write(line(s.id, s.template, s.status, s.stopReason ?? '', s.createdAt, live ? `${serverUrl()}${s.url}` : ''));
+        process.stdout.write(line(s.id, s.template, s.status, s.stopReason ?? '', s.createdAt, live && s.url ? `${serverUrl()}${s.url}` : ''));
       }
     });
   session
@@ -286,6 +288,7 @@ export function buildCli(): Command {
           message = (JSON.parse(text) as { error: { message: string } }).error.message;
         } catch {
           if (res.status === 503) message = `all instances of ${template} are busy; retry in ${res.headers.get('retry-after') ?? 'a few'} seconds`;
+          if (res.status === 429) message = `too many sessions opened from this address; retry in ${res.headers.get('retry-after') ?? 'a few'} seconds`;
         }
         throw new KilnError('open_failed', message, res.status);
       }
@@ -301,6 +304,11 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await buildCli().parseAsync(argv);
   } catch (e) {
+    if (e instanceof CommanderError) {
+      // Help and --version end here with 0; a usage error was printed already.
+      process.exitCode = e.exitCode === 0 ? 0 : 2;
+      return;
+    }
     process.stderr.write(`kiln: ${messageOf(e)}\n`);
     process.exitCode = e instanceof KilnError && e.code === 'unreachable' ? 3 : 2;
   }
