@@ -119,7 +119,9 @@ export class SessionService {
     for (const [name, t] of Object.entries(deps.config.templates)) {
       if (!t.command) continue;
       const pool = t.pool ?? { min: 0, max: 20 };
-      this.pools.set(name, new Pool(name, pool.min, pool.max, this.reservationOf(name), deps));
+      const reservation = this.reservationOf(name);
+      this.pools.set(name, new Pool(name, pool.min, pool.max, reservation, deps));
+      if (!deps.budget.fitsEver(reservation)) deps.log?.warn({ template: name }, neverFits(name, reservation, deps.budget).message);
     }
   }
 
@@ -230,6 +232,7 @@ export class SessionService {
     } else {
       const reservation = this.reservationOf(req.template);
       if (!pool.hasRoom()) throw new KilnError('no_capacity', `all ${pool.view().max} instances of ${req.template} are in use; retry later`, 503, { retryAfterS: 10 });
+      if (!this.deps.budget.fitsEver(reservation)) throw neverFits(req.template, reservation, this.deps.budget);
       if (!this.deps.budget.tryReserve(reservation)) {
         throw new KilnError('over_budget', `no room on this node for another ${req.template} sandbox (${reservation.cpus} CPUs, ${reservation.memoryMb} MiB); retry later`, 503, { retryAfterS: 10 });
       }
@@ -560,4 +563,10 @@ export class SessionService {
     await Promise.all(this.coldStarts);
     await pools;
   }
+}
+
+/** A template whose limits exceed the node's whole budget: no retry helps (no Retry-After), the config must change. */
+function neverFits(template: string, r: Reservation, budget: Budget): KilnError {
+  const total = budget.snapshot();
+  return new KilnError('never_fits', `template ${template} needs ${r.cpus} CPUs and ${r.memoryMb} MiB, more than this node's whole budget (budget.cpuTotal ${total.cpuTotal}, budget.memoryTotalMb ${total.memoryTotalMb}): it can never start here`, 503);
 }

@@ -124,6 +124,16 @@ describe('session lifecycle edges', () => {
     });
   });
 
+  test('a template larger than the whole budget is refused as never fitting, without a Retry-After', async () => {
+    await withKiln(config({ huge: { limits: { cpus: 128, memoryMb: 128, pids: 64 } } }), async (k, _api, base) => {
+      const res = await fetch(`${base}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ template: 'huge' }) });
+      assert.equal(res.status, 503);
+      assert.equal(res.headers.get('retry-after'), null, 'a retry can never help');
+      assert.match(((await res.json()) as { error: { message: string } }).error.message, /budget\.cpuTotal 64.*can never start here/);
+      assert.equal(cpuUsed(k), 0);
+    });
+  });
+
   test('a session whose server dies ends as failed, with its sandbox and budget given back', async () => {
     await withKiln(config({ w: {} }), async (k, api) => {
       const s = await api('POST', '/v1/sessions', { template: 'w' });
