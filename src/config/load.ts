@@ -93,7 +93,12 @@ function readConfigFile(file: string): Record<string, unknown> {
 function check(config: unknown, source: string): void {
   const first = Value.Errors(ConfigSchema, config).First();
   if (first) {
-    const key = first.path.replace(/^\//, '').replaceAll('/', '.') || '(top level)';
+    const parts = first.path.replace(/^\//, '').split('/').map((p) => p.replaceAll('~1', '/').replaceAll('~0', '~'));
+    const key = parts.join('.') || '(top level)';
+    // A name that is no template or language name fails the record's pattern: say what names may be.
+    if (parts.length === 2 && (parts[0] === 'templates' || parts[0] === 'languages') && !/^[a-z0-9][a-z0-9_+-]*$/.test(parts[1]!)) {
+      throw new KilnError('invalid_config', `${source}: "${key}": ${parts[0].slice(0, -1)} names are lowercase letters, digits, - and _, starting with a letter or digit (they appear in URLs)`);
+    }
     throw new KilnError('invalid_config', `${source}: "${key}" ${first.message.toLowerCase()} (got ${JSON.stringify(first.value)})`);
   }
   const cfg = config as KilnConfig;
@@ -143,11 +148,18 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
 
-/** Objects merge key by key; arrays and scalars replace. */
+/** Keys whose value is one of several shapes (`ready: {http} | {tcp}`): an override replaces it whole. */
+const REPLACED_WHOLE = new Set(['ready']);
+
+/** Objects merge key by key; arrays, scalars and REPLACED_WHOLE keys replace. */
 function deepMerge(base: unknown, over: unknown): unknown {
   if (!isPlainObject(base) || !isPlainObject(over)) return over;
   const out: Record<string, unknown> = { ...base };
-  for (const [k, v] of Object.entries(over)) out[k] = k in base ? deepMerge(base[k], v) : v;
+  for (const [k, v] of Object.entries(over)) {
+    const value = Object.hasOwn(base, k) && !REPLACED_WHOLE.has(k) ? deepMerge(base[k], v) : v;
+    // An own property even for `__proto__`, so validation sees the name (and refuses it) instead of it vanishing.
+    Object.defineProperty(out, k, { value, enumerable: true, writable: true, configurable: true });
+  }
   return out;
 }
 

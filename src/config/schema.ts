@@ -235,8 +235,8 @@ export const ConfigSchema = Type.Object(
       },
       strict,
     ),
-    templates: Type.Record(Type.String({ pattern: '^[a-z0-9][a-z0-9_-]*$' }), TemplateSchema),
-    languages: Type.Record(Type.String({ pattern: '^[a-z0-9][a-z0-9_+-]*$' }), LanguageSchema),
+    templates: Type.Record(Type.String({ pattern: '^[a-z0-9][a-z0-9_-]*$' }), TemplateSchema, { additionalProperties: false }),
+    languages: Type.Record(Type.String({ pattern: '^[a-z0-9][a-z0-9_+-]*$' }), LanguageSchema, { additionalProperties: false }),
   },
   strict,
 );

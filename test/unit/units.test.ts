@@ -45,6 +45,8 @@ test('config: unknown and mistyped keys name the key and the file', () => {
     ['templates: { g: { runtime: gvisor } }', /"templates\.g\.image" is required for runtime gvisor/],
     ['templates: { d: { runtime: vm } }', /templates\.d\.runtime/],
     ['templates: { s: { runtime: process, command: [x], port: 80, ready: { tcp: true, htp: / } } }', /unknown key "templates\.s\.ready\.htp"/],
+    ['templates: { "Odd Name/x": { runtime: process } }', /"templates\.Odd Name\/x": template names are lowercase letters/],
+    ['templates: { __proto__: { runtime: process } }', /"templates\.__proto__": template names are/],
     ['[1, 2]', /top level must be a mapping/],
     ['a: [', /not valid YAML/],
   ];
@@ -54,6 +56,9 @@ test('config: unknown and mistyped keys name the key and the file', () => {
   const g = loadConfig({ file: file('g.yaml', 'templates: { g: { runtime: gvisor, image: i, command: [x], port: 80 } }'), env: {} }).config;
   assert.equal(g.templates.g!.port, 80, 'gvisor templates may serve sessions');
   for (const [name, t] of Object.entries(DEFAULT_CONFIG.templates)) assert.notEqual(t.public, true, `the embedded ${name} is public: anyone could start sandboxes on a server with auth on`);
+  // A built-in template's readiness is replaced, not merged into a shape that is neither form.
+  const over = loadConfig({ file: file('o.yaml', 'templates: { demo-web: { ready: { tcp: true } } }'), env: {} }).config;
+  assert.deepEqual(over.templates['demo-web']!.ready, { tcp: true });
   // Both readiness forms the README shows: a key of either branch is known.
   for (const ready of ['{ http: /health }', '{ tcp: true }']) {
     const t = loadConfig({ file: file('r.yaml', `templates: { s: { runtime: process, command: [x], port: 80, ready: ${ready} } }`), env: {} }).config;
