@@ -496,6 +496,8 @@ export class SessionService {
   }
 
   async remove(id: string, principal: Principal): Promise<SessionView> {
+    // Ended and out of memory (past stalePeriodS, or before a restart): already gone, as the store says.
+    if (!this.byId.has(id)) return this.get(id, principal);
     const s = this.live(id, principal);
     await this.stop(s, 'deleted');
     return shownTo(s.view(), principal);
@@ -503,6 +505,10 @@ export class SessionService {
 
   /** The session once ready: a call on a starting session waits for it (up to holdRequestS), as browsers do. */
   private async ready(id: string, principal: Principal): Promise<LiveSession & { warm: WarmSandbox }> {
+    if (!this.byId.has(id)) {
+      const ended = await this.get(id, principal); // 404 when it never was (or is not the caller's)
+      throw new KilnError('session_not_ready', `session ${id} is ${ended.status}`, 409);
+    }
     const s = this.live(id, principal);
     if (s.status === 'starting') await Promise.race([s.settled, new Promise((r) => setTimeout(r, this.deps.config.sessions.holdRequestS * 1000))]);
     if (s.status !== 'ready' || !s.warm) throw new KilnError('session_not_ready', `session ${id} is ${s.status}`, 409);

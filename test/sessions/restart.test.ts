@@ -83,6 +83,14 @@ test('SIGKILL then restart: orphans are reaped on both runtimes and sessions rea
     const deleted = (await (await fetch(`${server.url}/v1/sessions/${beingDeleted.id}`)).json()) as Ended;
     assert.deepEqual([deleted.status, deleted.stopReason], ['stopped', 'deleted'], 'a stop that had begun keeps its reason');
     assert.equal((await fetch(`${server.url}${created.url}info`)).status, 404, 'the old URL leads nowhere');
+    // Ended before the restart: an exec is a 409 that says so, and a DELETE is done already (as before the crash).
+    const exec = await fetch(`${server.url}/v1/sessions/${created.id}/exec`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"command":["true"]}' });
+    assert.equal(exec.status, 409);
+    assert.match(((await exec.json()) as { error: { message: string } }).error.message, /is stopped/);
+    const again = await fetch(`${server.url}/v1/sessions/${created.id}`, { method: 'DELETE' });
+    assert.equal(again.status, 200);
+    assert.equal(((await again.json()) as Ended).stopReason, 'shutdown');
+    assert.equal((await fetch(`${server.url}/v1/sessions/00000000-0000-4000-8000-000000000000`, { method: 'DELETE' })).status, 404);
     // No process of the old server's sandboxes or bridges survives.
     const ps = spawn('ps', ['-eo', 'args']);
     let out = '';
