@@ -33,6 +33,7 @@ export function registerDeepLink(app: FastifyInstance, kiln: Kiln): void {
   app.get<{ Params: { template: string } }>('/open/:template', { config: { access: 'public' }, exposeHeadRoute: false }, async (req, reply) => {
     const name = req.params.template;
     const t = openable(name, req.principal);
+    if (!t) return page(reply, 404, 'No such link', `There is no template named ${name} here.`);
     const anonymous = req.principal.kind === 'anonymous';
     if (anonymous) {
       const wait = creates.take(req.ip);
@@ -62,4 +63,9 @@ function busy(reply: FastifyReply, status: number, title: string, text: string, 
     .header('retry-after', String(retryS))
     .type('text/html; charset=utf-8')
     .send(pageHtml(title, text, true, retryS));
+}
+
+/** A page for a browser that followed a link (no reload). */
+function page(reply: FastifyReply, status: number, title: string, text: string): FastifyReply {
+  return reply.code(status).headers(SECURE_PAGE_HEADERS).type('text/html; charset=utf-8').send(pageHtml(title, text));
 }

@@ -209,11 +209,15 @@ describe('sessions', () => {
     const [la, lb] = [a.headers.get('location')!, b.headers.get('location')!];
     assert.match(la, /^\/s\/[A-Za-z0-9_-]{22}\/$/);
     assert.notEqual(la, lb);
+    const unknown = await fetch(`${base}/open/no-such-<template>`, { redirect: 'manual' });
+    assert.equal(unknown.status, 404);
+    assert.match(unknown.headers.get('content-type') ?? '', /text\/html/);
+    assert.match(await unknown.text(), /no template named no-such-&#60;template&#62;/);
     const pa = await (await fetch(`${base}${la}info`)).json();
     const pb = await (await fetch(`${base}${lb}info`)).json();
     assert.notEqual(`${pa.started}${pa.pid}`, 'x');
     assert.ok(pa && pb);
-    assert.equal((await fetch(`${base}/open/nope`, { redirect: 'manual' })).status, 400);
+    assert.equal((await fetch(`${base}/open/nope`, { redirect: 'manual' })).status, 404, 'an unknown template is a 404 page');
     for (const s of t.kiln.sessions.list()) if (s.status === 'ready') await api('DELETE', `/v1/sessions/${s.id}`);
   });
 
