@@ -28,7 +28,7 @@ import type { ExecKill, ExecRequest, ExecResult, PortLink, Runtime, RuntimeCheck
 import { WORK_DIR } from '../types.js';
 import { decodeExit, readKey, readNumber as readNum } from '../kernel.js';
 import { NetnsPorts, netnsProblem } from '../netns.js';
-import { PidLineReader, execMemoryCap, execToEnd, killScript, sentryHostLimits, wrapWithPidLine } from '../gvisor/sentry.js';
+import { PidLineReader, execMemoryCap, execToEnd, sandboxMemoryCap, killScript, sentryHostLimits, wrapWithPidLine } from '../gvisor/sentry.js';
 import { seccompMounts, underFilter } from '../gvisor/seccomp.js';
 import { deviceMasks } from '../gvisor/dev.js';
 import { ExecRelays, relayMounts } from '../gvisor/relay.js';
@@ -272,7 +272,7 @@ class DockerSandbox implements Sandbox {
     if (this.destroyed) return clearInterval(this.memoryWatch);
     if (this.execsRunning > 0) return; // each exec's own watch holds the sandbox to the same cap, and kills only the exec
     const held = await this.cgroup.unreclaimableBytes().catch(() => 0);
-    if (held <= execMemoryCap(0, Infinity, this.spec.limits.memoryMb)) return;
+    if (held <= sandboxMemoryCap(this.spec.limits.memoryMb)) return;
     clearInterval(this.memoryWatch);
     await this.container.kill().catch(() => undefined); // the main process ends: its session fails
   }
@@ -450,7 +450,6 @@ class DockerSandbox implements Sandbox {
     for (let i = 0; i < REAP_WAIT_LOOKS && (await this.sessionPids(sid)).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
   }
 
-  /** The container's processes in session `sid` (zombies not yet reaped included). */
   /** CPU ms of each process in the container now (its own and its reaped children's), by pid. */
   private async processCpu(pids?: Iterable<number>): Promise<Map<number, number>> {
     const out = new Map<number, number>();
@@ -471,6 +470,7 @@ class DockerSandbox implements Sandbox {
     return ms;
   }
 
+  /** The container's processes in session `sid` (zombies not yet reaped included). */
   private async sessionPids(sid: number): Promise<number[]> {
     const out: number[] = [];
     for (const pid of await this.cgroup.pids()) {

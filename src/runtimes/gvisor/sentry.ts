@@ -49,7 +49,12 @@ const MiB = 1024 * 1024;
  * the headroom below the host limit is always there for the kill to land in.
  */
 export function execMemoryCap(heldBytes: number, execMb: number, sandboxMb: number): number {
-  return Math.min(heldBytes + execMb * MiB, (sandboxMb + SENTRY_OWN_MB) * MiB);
+  return Math.min(heldBytes + execMb * MiB, sandboxMemoryCap(sandboxMb));
+}
+
+/** The unreclaimable memory a gVisor sandbox may hold in all, bytes: its `memoryMb` and the sentry's own. */
+export function sandboxMemoryCap(sandboxMb: number): number {
+  return (sandboxMb + SENTRY_OWN_MB) * MiB;
 }
 
 /** HostConfig limits of a gVisor sandbox: the sandbox's limits, enforced once, at create. */
