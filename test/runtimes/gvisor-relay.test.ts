@@ -14,7 +14,7 @@ import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { PortLink, Sandbox } from '../../src/runtimes/types.js';
 import { LIMITS } from './contract.js';
-import { startTestKiln, testConfig } from '../helpers.js';
+import { startTestKiln, testConfig, type TestKiln } from '../helpers.js';
 
 const PORT = 9000;
 // An echo server; a connection starting with "h" is held open and never read, so only a kill ends its relay.
@@ -135,62 +135,44 @@ test("the orphan sweep drops relay dirs whose container is gone, and keeps a liv
   assert.deepEqual(await rt.listOwn(), []);
 });
 
-test('a gVisor session with TCP readiness is ready only once its server accepts: the first request through the proxy is served', { timeout: 120_000 }, async () => {
+/**
+ * A kiln with one gVisor session template (a server on 8080 with TCP readiness), one session of it created
+ * and waited for until it settles; `fn` gets the kiln, the session's view and its URL.
+ */
+async function settledSession(command: string[], memoryMb: number, fn: (t: TestKiln, view: { status: string; error?: string }, url: string) => Promise<void>): Promise<void> {
   const c = testConfig();
-  // The server takes three seconds to listen; a relay to nothing still accepts its unix connect.
-  c.templates['slow-gvisor'] = {
-    runtime: 'gvisor',
-    image: 'kiln-python:local',
-    command: ['sh', '-c', 'sleep 3; exec python3 -m http.server 8080 --bind 127.0.0.1'],
-    port: 8080,
-    ready: { tcp: true },
-    pool: { min: 0, max: 1 },
-    limits: { cpus: 1, memoryMb: 256, pids: 64 },
-  };
+  c.templates['g'] = { runtime: 'gvisor', image: 'kiln-python:local', command, port: 8080, ready: { tcp: true }, pool: { min: 0, max: 1 }, limits: { cpus: 1, memoryMb, pids: 64 } };
   const t = await startTestKiln(c);
   try {
-    const created = await t.app.inject({ method: 'POST', url: '/v1/sessions', payload: { template: 'slow-gvisor' } });
+    const created = await t.app.inject({ method: 'POST', url: '/v1/sessions', payload: { template: 'g' } });
     assert.equal(created.statusCode, 201, created.body);
     const { id, url } = created.json() as { id: string; url: string };
-    let status = 'starting';
-    for (let i = 0; i < 600 && status === 'starting'; i++) {
-      await new Promise((r) => setTimeout(r, 50));
-      status = (await t.app.inject({ url: `/v1/sessions/${id}` })).json().status;
-    }
-    assert.equal(status, 'ready');
-    const base = await t.app.listen({ port: 0, host: '127.0.0.1' }); // the proxy is on the server, not behind inject
-    const first = await fetch(`${base}${url}`);
-    assert.equal(first.status, 200, `ready, but the server did not answer: ${first.status}`);
-  } finally {
-    await t.close();
-  }
-});
-
-test("a gVisor session's server is held to the template's memoryMb, not the host limit's headroom", { timeout: 120_000 }, async () => {
-  const c = testConfig();
-  // 160 MiB touched, then a server: past a 64 MiB limit (the host limit is 64 + 160 MiB, for the sentry).
-  c.templates['greedy-gvisor'] = {
-    runtime: 'gvisor',
-    image: 'kiln-python:local',
-    command: ['python3', '-c', 'import http.server, time\nhog = bytearray(160 << 20)\nfor i in range(0, len(hog), 4096): hog[i] = 1\nhttp.server.HTTPServer(("127.0.0.1", 8080), http.server.SimpleHTTPRequestHandler).serve_forever()'],
-    port: 8080,
-    ready: { tcp: true },
-    pool: { min: 0, max: 1 },
-    limits: { cpus: 1, memoryMb: 64, pids: 64 },
-  };
-  const t = await startTestKiln(c);
-  try {
-    const created = await t.app.inject({ method: 'POST', url: '/v1/sessions', payload: { template: 'greedy-gvisor' } });
-    assert.equal(created.statusCode, 201, created.body);
-    const id = created.json().id as string;
-    let view = { status: 'starting', error: '' };
+    let view = { status: 'starting' } as { status: string; error?: string };
     for (let i = 0; i < 600 && (view.status === 'starting' || view.status === 'stopping'); i++) {
       await new Promise((r) => setTimeout(r, 50));
       view = (await t.app.inject({ url: `/v1/sessions/${id}` })).json();
     }
-    assert.equal(view.status, 'failed', `a server over its memory limit ran on: ${JSON.stringify(view)}`);
-    assert.equal(t.kiln.budget.snapshot().memoryUsedMb, 0);
+    await fn(t, view, url);
   } finally {
     await t.close();
   }
+}
+
+test('a gVisor session with TCP readiness is ready only once its server accepts: the first request through the proxy is served', { timeout: 120_000 }, async () => {
+  // The server takes three seconds to listen; a relay to nothing still accepts its unix connect.
+  await settledSession(['sh', '-c', 'sleep 3; exec python3 -m http.server 8080 --bind 127.0.0.1'], 256, async (t, view, url) => {
+    assert.equal(view.status, 'ready');
+    const base = await t.app.listen({ port: 0, host: '127.0.0.1' }); // the proxy is on the server, not behind inject
+    const first = await fetch(`${base}${url}`);
+    assert.equal(first.status, 200, `ready, but the server did not answer: ${first.status}`);
+  });
+});
+
+test("a gVisor session's server is held to the template's memoryMb, not the host limit's headroom", { timeout: 120_000 }, async () => {
+  // 160 MiB touched, then a server: past a 64 MiB limit (the host limit is 64 + 160 MiB, for the sentry).
+  const hog = 'import http.server\nhog = bytearray(160 << 20)\nfor i in range(0, len(hog), 4096): hog[i] = 1\nhttp.server.HTTPServer(("127.0.0.1", 8080), http.server.SimpleHTTPRequestHandler).serve_forever()';
+  await settledSession(['python3', '-c', hog], 64, async (t, view) => {
+    assert.equal(view.status, 'failed', `a server over its memory limit ran on: ${JSON.stringify(view)}`);
+    assert.equal(t.kiln.budget.snapshot().memoryUsedMb, 0);
+  });
 });

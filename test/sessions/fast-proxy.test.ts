@@ -45,6 +45,15 @@ IN_PARTS = {
     '/stream': [b'HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n', 0.3, b'5\r\nhello\r\n0\r\n\r\n'],
     '/split-head': [b'HTTP/1.1 200 OK\r\nX-Split: y', 0.1, b'es\r\nContent-Length: 2\r\n\r\nok'],
 }
+# Fixed answers, whatever the request.
+CANNED = {
+    '/chunked': b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n',
+    '/both-framings': b'HTTP/1.1 200 OK\r\nContent-Length: 99\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\ncontent-length: 99\r\n\r\n5\r\nhello\r\n0\r\n\r\n',
+    '/no-content': b'HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n',
+    '/hop': b'HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nX-Private: secret\r\nKeep-Alive: timeout=9\r\nReferrer-Policy: no-referrer\r\nContent-Length: 2\r\n\r\nok',
+    '/sw': b'HTTP/1.1 200 OK\r\nService-Worker-Allowed: /\r\nContent-Length: 2\r\n\r\nok',
+    '/bad': b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok',
+}
 served = {'big': 0}
 def serve(c):
     buf = b''
@@ -63,20 +72,11 @@ def serve(c):
         if path == '/close-delimited':
             c.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end')
             return c.close()
-        if path == '/chunked':
-            c.sendall(b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n')
-            continue
-        if path == '/both-framings':
-            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 99\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\ncontent-length: 99\r\n\r\n5\r\nhello\r\n0\r\n\r\n')
-            continue
-        if path == '/no-content':
-            c.sendall(b'HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n')
+        if path in CANNED:
+            c.sendall(CANNED[path])
             continue
         if method == 'HEAD':
             c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n')
-            continue
-        if path == '/hop':
-            c.sendall(b'HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nX-Private: secret\r\nKeep-Alive: timeout=9\r\nReferrer-Policy: no-referrer\r\nContent-Length: 2\r\n\r\nok')
             continue
         if path in IN_PARTS:
             # A response sent in parts, with pauses between them (a number is seconds to wait).
@@ -92,9 +92,6 @@ def serve(c):
             # As python3 -m http.server answers: HTTP/1.0, then the connection ends.
             c.sendall(b'HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok')
             return c.close()
-        if path == '/sw':
-            c.sendall(b'HTTP/1.1 200 OK\r\nService-Worker-Allowed: /\r\nContent-Length: 2\r\n\r\nok')
-            continue
         if path == '/big':
             served['big'] += 1
             c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 61440\r\n\r\n' + b'x' * 61440)
@@ -122,9 +119,6 @@ def serve(c):
             return c.close()
         if path == '/hang':
             time.sleep(60)
-            continue
-        if path == '/bad':
-            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok')
             continue
         c.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n' % len(got) + got)
         if path == '/then-close':
