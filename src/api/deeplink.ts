@@ -41,8 +41,8 @@ export function registerDeepLink(app: FastifyInstance, kiln: Kiln): void {
     }
     try {
       const session = await kiln.sessions.create({ template: name }, req.principal);
-      // To the token URL; a browser arriving there is handed the session's cookie and moved off it by the proxy.
-      return reply.header('cache-control', 'no-store').header('referrer-policy', 'no-referrer').redirect(`/s/${session.token!}${t?.openPath ?? '/'}`, 302);
+      // To the token URL (on kiln's origin or the session's own); a browser arriving there is handed the session's cookie and moved off it by the proxy.
+      return reply.header('cache-control', 'no-store').header('referrer-policy', 'no-referrer').redirect(`${session.url!.slice(0, -1)}${t?.openPath ?? '/'}`, 302);
     } catch (e) {
       // Nothing was opened: the try does not count against the address (a busy page reloads itself).
       if (anonymous) creates.giveBack(req.ip);

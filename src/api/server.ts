@@ -35,16 +35,16 @@ export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<Fasti
   const tls = cfg.server.tls ? { cert: readPem(cfg.server.tls.cert, 'server.tls.cert'), key: readPem(cfg.server.tls.key, 'server.tls.key') } : undefined;
   const app = Fastify({
     trustProxy: cfg.server.trustProxy,
-    // Session traffic (/s/<token>/...) goes straight to the proxy: bodies stream, nothing is parsed.
+    // Session traffic (/s/<token>/..., and all of a session's own host) goes straight to the proxy: bodies stream, nothing is parsed.
     serverFactory: (handler) => {
       const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
-        if (req.url?.startsWith(PREFIX)) void kiln.proxy.handle(req, res);
+        if (req.url?.startsWith(PREFIX) || kiln.proxy.isSessionHost(req.headers.host)) kiln.proxy.handle(req, res);
         else handler(req, res);
       };
       const server = tls ? https.createServer(tls, onRequest) : http.createServer(onRequest);
       kiln.proxy.install(server);
       server.on('upgrade', (req, socket, head) => {
-        if (req.url?.startsWith(PREFIX)) void kiln.proxy.upgrade(req, socket, head);
+        if (req.url?.startsWith(PREFIX) || kiln.proxy.isSessionHost(req.headers.host)) void kiln.proxy.upgrade(req, socket, head);
         else socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       });
       return server;

@@ -5,6 +5,11 @@ export function serverUrl(): string {
   return (process.env.KILN_URL ?? 'http://127.0.0.1:7070').replace(/\/+$/, '');
 }
 
+/** A URL the server gave (a path on it, or absolute when sessions have hosts of their own) as one to open. */
+export function absolute(url: string): string {
+  return url.startsWith('/') ? serverUrl() + url : url;
+}
+
 export async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
   const headers: Record<string, string> = {};
   if (body !== undefined) headers['content-type'] = 'application/json';

@@ -14,7 +14,7 @@ import { startKiln } from '../app.js';
 import { buildApi, VERSION } from '../api/server.js';
 import type { Run, Stage } from '../runs/types.js';
 import type { SessionView } from '../sessions/types.js';
-import { api, followEvents, serverUrl } from './client.js';
+import { absolute, api, followEvents, serverUrl } from './client.js';
 import { printRun } from './output.js';
 import { LOCAL } from '../auth/principal.js';
 import { authRequired } from '../api/auth.js';
@@ -232,7 +232,7 @@ export function buildCli(): Command {
         body[key] = n;
       }
       const s = await api<SessionView>('POST', '/v1/sessions', body);
-      process.stdout.write(o.json ? `${JSON.stringify(s, null, 2)}\n` : `${s.id} ${s.status} ${serverUrl()}${s.url}\n`);
+      process.stdout.write(o.json ? `${JSON.stringify(s, null, 2)}\n` : `${s.id} ${s.status} ${absolute(s.url ?? '')}\n`);
     });
   session
     .command('ls')
@@ -246,7 +246,7 @@ export function buildCli(): Command {
       process.stdout.write(line('ID', 'TEMPLATE', 'STATUS', 'REASON', 'CREATED', 'URL'));
       for (const s of sessions) {
         const live = s.status === 'starting' || s.status === 'ready';
-        process.stdout.write(line(s.id, s.template, s.status, s.stopReason ?? '', s.createdAt, live && s.url ? `${serverUrl()}${s.url}` : ''));
+        process.stdout.write(line(s.id, s.template, s.status, s.stopReason ?? '', s.createdAt, live && s.url ? absolute(s.url) : ''));
       }
     });
   session
@@ -292,7 +292,7 @@ export function buildCli(): Command {
         }
         throw new KilnError('open_failed', message, res.status);
       }
-      process.stdout.write(`${serverUrl()}${location}\n`);
+      process.stdout.write(`${absolute(location)}\n`);
     });
 
   registerTokenCommands(program, serverOptions, configFrom);

@@ -39,6 +39,7 @@ export const DEFAULT_CONFIG: KilnConfig = {
     idleTimeoutS: 600,
     maxDurationS: 3600,
     warnings: { idleS: 60, durationS: 600 },
+    origin: null,
   },
   runtimes: {
     process: {

@@ -40,6 +40,7 @@ const ENV_KEYS: Record<string, { key: string; type: EnvType }> = {
   KILN_RUNS_CONCURRENCY: { key: 'runs.concurrency', type: 'int' },
   KILN_RUNS_QUEUE_MAX: { key: 'runs.queueMax', type: 'int' },
   KILN_DOCKER_SOCKET: { key: 'runtimes.docker.socketPath', type: 'string' },
+  KILN_SESSIONS_ORIGIN: { key: 'sessions.origin', type: 'string' },
 };
 
 export function loadConfig(sources: ConfigSources = {}): LoadedConfig {
@@ -99,7 +100,7 @@ function check(config: unknown, source: string): void {
     if (parts.length === 2 && (parts[0] === 'templates' || parts[0] === 'languages') && !/^[a-z0-9][a-z0-9_+-]*$/.test(parts[1]!)) {
       throw new KilnError('invalid_config', `${source}: "${key}": ${parts[0].slice(0, -1)} names are lowercase letters, digits, - and _, starting with a letter or digit (they appear in URLs)`);
     }
-    throw new KilnError('invalid_config', `${source}: "${key}" ${first.message.toLowerCase()} (got ${JSON.stringify(first.value)})`);
+    throw new KilnError('invalid_config', `${source}: "${key}" ${problem(first.schema, first.value, first.message)} (got ${JSON.stringify(first.value)})`);
   }
   const cfg = config as KilnConfig;
   for (const [name, lang] of Object.entries(cfg.languages)) {
@@ -118,6 +119,20 @@ function check(config: unknown, source: string): void {
       throw new KilnError('invalid_config', `${source}: "templates.${name}.pool.min" is larger than pool.max`);
     }
   }
+}
+
+/**
+ * What is wrong with `value`, said plainly: a field that may also be null is
+ * judged by its other form (not "expected union value"), and a form with a
+ * `description` says what it must be like (not the regular expression).
+ */
+function problem(schema: TSchema, value: unknown, message: string): string {
+  const forms = (schema as { anyOf?: TSchema[] }).anyOf?.filter((b) => (b as { type?: string }).type !== 'null');
+  const form = forms?.length === 1 ? forms[0]! : schema;
+  const description = (form as { description?: string }).description;
+  if (description) return `must be ${description}`;
+  const inner = form === schema ? undefined : Value.Errors(form, value).First();
+  return (inner?.message ?? message).toLowerCase();
 }
 
 /** Keys present in `value` that the schema does not declare, as dotted paths. */

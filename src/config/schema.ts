@@ -208,6 +208,18 @@ export const ConfigSchema = Type.Object(
         idleTimeoutS: Type.Integer({ minimum: 1 }),
         maxDurationS: Type.Integer({ minimum: 1 }),
         warnings: Type.Object({ idleS: Type.Integer({ minimum: 0 }), durationS: Type.Integer({ minimum: 0 }) }, strict),
+        /**
+         * Give each session an origin of its own: `https://*.sessions.example.org`
+         * serves a session at `https://<session id>.sessions.example.org/` (a
+         * wildcard DNS name and certificate that reach kiln). null (default):
+         * sessions share kiln's origin, at `/s/<token>/`.
+         */
+        origin: Nullable(
+          Type.String({
+            pattern: '^https?://\\*\\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?$',
+            description: 'like https://*.sessions.example.org (lower case, a port may follow, no path)',
+          }),
+        ),
       },
       strict,
     ),

@@ -59,7 +59,7 @@ export async function startWarm(
   const startCpus = config.sessions.startCpus > spec.limits.cpus ? { startCpus: config.sessions.startCpus } : {};
   const sandbox = await runtime.create({
     ...spec,
-    main: { command: t.command, env: { ...extraEnv, KILN_BASE_URL: `/s/${token}/`, KILN_PORT: String(t.port) }, ...startCpus },
+    main: { command: t.command, env: { ...extraEnv, KILN_BASE_URL: config.sessions.origin ? '/' : `/s/${token}/`, KILN_PORT: String(t.port) }, ...startCpus },
   });
   try {
     // The link is made now, beside the server's own start-up (a gVisor relay takes a while): only the first probe needs it.

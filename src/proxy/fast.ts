@@ -30,7 +30,7 @@ export interface FastRoute {
   link: PortLink;
   /** The path the server sees. */
   path: string;
-  /** The `/s/<key>` prefix the client used (X-Forwarded-Prefix). */
+  /** The `/s/<key>` prefix the client used (X-Forwarded-Prefix); empty on a session's own host. */
   prefix: string;
   /** Called when the exchange starts and when it ends (activity; open sockets). */
   begin(): void;
@@ -40,8 +40,10 @@ export interface FastRoute {
 }
 
 export interface FastRouter {
+  /** Whether routes depend on the Host field (sessions on hosts of their own): only then is it read as a string. */
+  readonly byHost: boolean;
   /** A route for a ready session, or undefined to leave the request to node's server. */
-  route(method: string, target: string, cookie: string | undefined, navigate: boolean): FastRoute | undefined;
+  route(method: string, target: string, cookie: string | undefined, navigate: boolean, host: string | undefined): FastRoute | undefined;
 }
 
 /** Request fields the backend does not get: hop-by-hop ones (but Transfer-Encoding: the body's framing passes through as it is), and those kiln sets itself. */
@@ -128,8 +130,12 @@ export class FastPath {
     this.connections.add(new ClientConnection(wire, client, encrypted, this));
   }
 
-  /** @internal */ route(method: string, target: string, cookie: string | undefined, navigate: boolean): FastRoute | undefined {
-    return this.closing ? undefined : this.router.route(method, target, cookie, navigate);
+  /** @internal */ get byHost(): boolean {
+    return this.router.byHost;
+  }
+
+  /** @internal */ route(method: string, target: string, cookie: string | undefined, navigate: boolean, host: string | undefined): FastRoute | undefined {
+    return this.closing ? undefined : this.router.route(method, target, cookie, navigate, host);
   }
 
   /** @internal how long an ending connection's client may take nothing of what waits for it. */ sendMs(): number {
@@ -330,7 +336,7 @@ class ClientConnection {
     }
     // Both framings at once is how requests are smuggled: node's parser refuses it, so let it.
     if (host < 0 || (chunked && length !== undefined) || rl.method === 'CONNECT') return false;
-    const route = this.path.route(rl.method, rl.target, cookie, navigate);
+    const route = this.path.route(rl.method, rl.target, cookie, navigate, this.path.byHost ? h.value(host) : undefined);
     if (!route) return false;
     if (close) this.closeAfter = true;
 
@@ -351,8 +357,10 @@ class ClientConnection {
     out.text(this.client);
     out.text(this.encrypted ? '\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: ' : '\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ');
     out.bytes(h.buf, h.valueStart(host), h.valueEnd(host));
-    out.text('\r\nX-Forwarded-Prefix: ');
-    out.text(route.prefix);
+    if (route.prefix) {
+      out.text('\r\nX-Forwarded-Prefix: ');
+      out.text(route.prefix);
+    }
     out.text('\r\n\r\n');
     const head = out.done();
     const backend = this.hold(route.link);

@@ -21,24 +21,27 @@ import { HOP_BY_HOP, NOT_FOR_BROWSERS, SET_BY_PROXY, connectionListed, readHead 
 import type { SessionService, LiveSession } from '../sessions/service.js';
 import type { KilnConfig } from '../config/schema.js';
 import { pageHtml } from './pages.js';
+import { PREFIX, SessionOrigins } from './origin.js';
 import { backendAgent, dropAllBackends } from './backends.js';
 import type { PortLink } from '../runtimes/types.js';
 import { SECURE_PAGE_HEADERS } from '../api/protect.js';
 
-export const PREFIX = '/s/';
-/** The browser's copy of a session's URL secret, scoped to `/s/<session id>/`, so the token can leave the address bar. */
+export { PREFIX };
+/** The browser's copy of a session's URL secret, scoped to the session (its `/s/<session id>/` path, or its own host), so the token can leave the address bar. */
 export const SESSION_COOKIE = 'kiln_s';
 
-/**
- * Where a browser should land in `session`, and the cookie that lets it in.
- * Templates whose server sees the full path (`basePath: keep`) were started
- * with the token in their base URL, so they stay on the token URL.
- */
-export function browserEntry(session: LiveSession, config: KilnConfig, path: string, secure: boolean): { location: string; cookie?: string } {
-  if (config.templates[session.template]?.basePath === 'keep') return { location: `${PREFIX}${session.token}${path}` };
-  const cookie = `${SESSION_COOKIE}=${session.token}; Path=${PREFIX}${session.id}/; HttpOnly; SameSite=Lax${secure ? '; Secure' : ''}`;
-  return { location: `${PREFIX}${session.id}${path}`, cookie };
+/** A request for a session, and what that session's server sees of it. */
+interface Addressed {
+  session: LiveSession;
+  /** The path (and query) the server gets. */
+  path: string;
+  /** What the client's path began with that the server does not see (X-Forwarded-Prefix): `/s/<key>`, or empty. */
+  prefix: string;
+  /** The token came in the path (a browser that navigates there is moved off it). */
+  byToken: boolean;
 }
+/** Where a request goes: a session, another URL (`status` 307 or 308), or nowhere (404). */
+type Resolved = Addressed | { redirect: string; status: 307 | 308 } | undefined;
 
 function cookieValue(header: string | undefined, name: string): string | undefined {
   if (!header) return undefined;
@@ -82,7 +85,7 @@ export function forwardHeaders(rawHeaders: string[], client: string, encrypted: 
   if (host === undefined) out.push('Host', 'localhost');
   out.push('X-Forwarded-For', prior === undefined ? client : `${prior}, ${client}`, 'X-Forwarded-Proto', encrypted ? 'https' : 'http');
   if (host !== undefined) out.push('X-Forwarded-Host', host);
-  out.push('X-Forwarded-Prefix', prefix);
+  if (prefix) out.push('X-Forwarded-Prefix', prefix);
   return out;
 }
 
@@ -159,44 +162,83 @@ export class SessionProxy implements FastRouter {
   /** How long a client may take none of the bytes waiting for it before it is cut off, ms (as node's server's timeouts, settable). */
   sendTimeoutMs = SEND_TIMEOUT_MS;
   private readonly fastPaths: FastPath[] = [];
+  /** Set when sessions have hosts of their own (`sessions.origin`). */
+  private readonly origins: SessionOrigins | undefined;
 
   constructor(
     private readonly sessions: SessionService,
     private readonly config: KilnConfig,
-  ) {}
-
-  /** Split `/s/<key>/rest?q` (key: the token, or the session id with the cookie) into the key and what the server should see. */
-  private split(url: string): { token: string; rest: string } | undefined {
-    if (!url.startsWith(PREFIX)) return undefined;
-    const end = url.indexOf('/', PREFIX.length);
-    const q = url.indexOf('?', PREFIX.length);
-    if (end < 0) return { token: url.slice(PREFIX.length, q < 0 ? undefined : q), rest: '' };
-    return { token: url.slice(PREFIX.length, end), rest: url.slice(end) };
+  ) {
+    this.origins = SessionOrigins.of(config);
   }
 
-  /** The hot path: a ready session for a well-formed URL, found without waiting (or undefined). */
-  private readyNow(url: string): LiveSession | undefined {
-    const end = url.indexOf('/', PREFIX.length);
-    if (end < 0) return undefined;
-    const session = this.sessions.byTokenLookup(url.slice(PREFIX.length, end));
-    return session?.status === 'ready' && session.warm ? session : undefined;
+  /**
+   * Where a request goes. On a session's own host (`sessions.origin`): that
+   * session, with the token in the path (`/s/<token>/...`, the prefix taken
+   * off) or in the host's cookie. On kiln's origin: `/s/<token>/...`, or
+   * `/s/<session id>/...` with the cookie; with `sessions.origin` set, a
+   * token URL there is only moved to the session's host, so no session page
+   * ever runs on kiln's origin.
+   */
+  private resolve(host: string | undefined, url: string, cookie: () => string | undefined): Resolved {
+    if (this.origins) {
+      const id = this.origins.idOf(host);
+      if (id !== undefined) return this.onOwnHost(id, url, cookie);
+    }
+    if (!url.startsWith(PREFIX)) return undefined;
+    const slash = url.indexOf('/', PREFIX.length);
+    const q = url.indexOf('?', PREFIX.length);
+    const keyEnd = slash < 0 ? (q < 0 ? url.length : q) : q >= 0 && q < slash ? q : slash;
+    const key = url.slice(PREFIX.length, keyEnd);
+    const byToken = this.sessions.byTokenLookup(key);
+    if (this.origins) return byToken && { redirect: this.origins.url(byToken.id, url), status: 307 };
+    const session = byToken ?? this.byIdWithCookie(key, cookie());
+    if (!session) return undefined;
+    // /s/<key> without the slash: relative links in the app would break.
+    if (keyEnd !== slash) return { redirect: `${PREFIX}${key}/${url.slice(keyEnd)}`, status: 308 };
+    const keep = this.config.templates[session.template]?.basePath === 'keep';
+    return { session, path: keep ? url : url.slice(slash), prefix: `${PREFIX}${key}`, byToken: session === byToken };
+  }
+
+  private onOwnHost(id: string, url: string, cookie: () => string | undefined): Resolved {
+    const session = this.sessions.byIdLookup(id);
+    if (!session) return undefined;
+    if (url.startsWith(PREFIX) && url.startsWith(session.token, PREFIX.length)) {
+      const end = PREFIX.length + session.token.length;
+      if (url.length === end || url[end] === '?') return { redirect: `${PREFIX}${session.token}/${url.slice(end)}`, status: 308 };
+      if (url[end] === '/') return { session, path: url.slice(end), prefix: url.slice(0, end), byToken: true };
+    }
+    const c = cookieValue(cookie(), SESSION_COOKIE);
+    return c !== undefined && sameSecret(c, session.token) ? { session, path: url, prefix: '', byToken: false } : undefined;
+  }
+
+  /** The session with id `key`, if the cookie holds its token. */
+  private byIdWithCookie(key: string, cookieHeader: string | undefined): LiveSession | undefined {
+    const byId = this.sessions.byIdLookup(key);
+    const cookie = cookieValue(cookieHeader, SESSION_COOKIE);
+    return byId && cookie !== undefined && sameSecret(cookie, byId.token) ? byId : undefined;
+  }
+
+  /** Whether a request (by its Host field) is for a session's own host: all of it goes to the proxy, none to the API. */
+  isSessionHost(host: string | undefined): boolean {
+    return this.origins?.idOf(host) !== undefined;
+  }
+
+  get byHost(): boolean {
+    return this.origins !== undefined;
   }
 
   /**
    * The fast path's question: where a plain request goes, if to a ready
    * session. Undefined leaves it to node's server and `handle` (which answers
-   * unknown, starting and ended sessions, and moves browsers off token URLs).
+   * unknown, starting and ended sessions, redirects, and moves browsers off token URLs).
    */
-  route(method: string, target: string, cookie: string | undefined, navigate: boolean): FastRoute | undefined {
-    if (!target.startsWith(PREFIX)) return undefined;
-    const end = target.indexOf('/', PREFIX.length);
-    if (end < 0) return undefined;
-    const key = target.slice(PREFIX.length, end);
-    const session = this.lookup(key, cookie);
-    if (!session || session.status !== 'ready' || !session.warm) return undefined;
-    const keep = this.config.templates[session.template]?.basePath === 'keep';
-    if (key === session.token && !keep && method === 'GET' && navigate) return undefined; // see moveBrowser
-    return new SessionRoute(session, this.backendPath(session, target), `${PREFIX}${key}`, this.stats);
+  route(method: string, target: string, cookie: string | undefined, navigate: boolean, host: string | undefined): FastRoute | undefined {
+    if (!this.origins && !target.startsWith(PREFIX)) return undefined;
+    const a = this.resolve(host, target, () => cookie);
+    if (!a || !('session' in a) || a.session.status !== 'ready' || !a.session.warm) return undefined;
+    if (a.byToken && method === 'GET' && navigate && this.entry(a)) return undefined; // see moveBrowser
+    return new SessionRoute(a.session, a.path, a.prefix, this.stats);
   }
 
   /**
@@ -220,19 +262,21 @@ export class SessionProxy implements FastRouter {
     }) as typeof server.close;
   }
 
-  /** Every other case: unknown token, a missing slash, a starting or ended session (answered here, or waited for). */
-  private async session(req: IncomingMessage, res: ServerResponse | undefined): Promise<LiveSession | undefined> {
-    const r = this.split(req.url ?? '');
-    const session = r ? this.lookup(r.token, req.headers.cookie) : undefined;
-    if (!r || !session) {
+  private resolveRequest(req: IncomingMessage): Resolved {
+    return this.resolve(req.headers.host, req.url ?? '', () => req.headers.cookie);
+  }
+
+  /** Every case but a ready session: unknown (404), a redirect, a starting session (waited for) or an ended one (410). */
+  private async settle(r: Resolved, res: ServerResponse | undefined): Promise<Addressed | undefined> {
+    if (!r) {
       res && send(res, 404, 'No such session', 'This link does not lead to a session. Ask for a new one.');
       return undefined;
     }
-    if (r.rest === '') {
-      // /s/<token> without the slash: relative links in the app would break.
-      res && (res.writeHead(308, { location: `${PREFIX}${r.token}/${req.url!.slice(PREFIX.length + r.token.length)}` }), res.end());
+    if (!('session' in r)) {
+      res && (res.writeHead(r.status, { location: r.redirect, 'cache-control': 'no-store', 'referrer-policy': 'no-referrer', 'content-length': '0' }), res.end());
       return undefined;
     }
+    const { session } = r;
     if (session.status === 'starting') {
       await Promise.race([session.settled, new Promise((ok) => setTimeout(ok, this.config.sessions.holdRequestS * 1000))]);
     }
@@ -244,51 +288,48 @@ export class SessionProxy implements FastRouter {
       res && send(res, 410, 'Session ended', `This session has ended${session.stopReason ? ` (${session.stopReason.replace('_', ' ')})` : ''}. Ask for a new one.`);
       return undefined;
     }
-    return session;
+    return r;
   }
 
-  /** By token in the path; or by session id in the path with the token in the session's cookie. Unknown either way: 404. */
-  private lookup(key: string, cookieHeader: string | undefined): LiveSession | undefined {
-    const byToken = this.sessions.byTokenLookup(key);
-    if (byToken) return byToken;
-    const byId = this.sessions.byIdLookup(key);
-    const cookie = cookieValue(cookieHeader, SESSION_COOKIE);
-    return byId && cookie !== undefined && sameSecret(cookie, byId.token) ? byId : undefined;
+  /**
+   * Where a browser that opened the token URL is moved, and the cookie it is
+   * handed, so the token leaves the address bar and history: the session-id
+   * URL (cookie scoped to its path) or, on a session's own host, the same path
+   * without the prefix (cookie of that host alone). Templates whose server sees
+   * the full path (`basePath: keep`) were started with the token in their base
+   * URL: their browsers stay on the token URL.
+   */
+  private entry(a: Addressed, encrypted = false): { location: string; cookie: string } | undefined {
+    const secure = encrypted || this.origins?.secure ? '; Secure' : '';
+    const { session } = a;
+    if (this.origins) return { location: a.path, cookie: `${SESSION_COOKIE}=${session.token}; Path=/; HttpOnly; SameSite=Lax${secure}` };
+    if (this.config.templates[session.template]?.basePath === 'keep') return undefined;
+    return { location: `${PREFIX}${session.id}${a.path}`, cookie: `${SESSION_COOKIE}=${session.token}; Path=${PREFIX}${session.id}/; HttpOnly; SameSite=Lax${secure}` };
   }
 
-  private backendPath(session: LiveSession, url: string): string {
-    const keep = this.config.templates[session.template]?.basePath === 'keep';
-    if (keep) return url;
-    const keyLength = url.startsWith(session.token, PREFIX.length) ? session.token.length : session.id.length;
-    return url.slice(PREFIX.length + keyLength);
-  }
-
-  /** A browser opening the token URL: hand it the cookie and move it to the id URL, out of the address bar and history. */
-  private moveBrowser(req: IncomingMessage, res: ServerResponse, session: LiveSession): boolean {
-    if (req.method !== 'GET' || req.headers['sec-fetch-mode'] !== 'navigate') return false;
-    if (!req.url!.startsWith(session.token, PREFIX.length)) return false;
-    const secure = (req.socket as { encrypted?: boolean }).encrypted === true;
-    const entry = browserEntry(session, this.config, req.url!.slice(PREFIX.length + session.token.length), secure);
-    if (!entry.cookie) return false;
+  private moveBrowser(req: IncomingMessage, res: ServerResponse, a: Addressed): boolean {
+    if (!a.byToken || req.method !== 'GET' || req.headers['sec-fetch-mode'] !== 'navigate') return false;
+    const entry = this.entry(a, (req.socket as { encrypted?: boolean }).encrypted === true);
+    if (!entry) return false;
     res.writeHead(302, { location: entry.location, 'set-cookie': entry.cookie, 'cache-control': 'no-store', 'referrer-policy': 'no-referrer', 'content-length': '0' });
     res.end();
     return true;
   }
 
-  private forwardedHeaders(req: IncomingMessage, session: LiveSession): string[] {
-    const key = req.url!.startsWith(session.token, PREFIX.length) ? session.token : session.id;
-    return forwardHeaders(req.rawHeaders, req.socket.remoteAddress ?? '', (req.socket as { encrypted?: boolean }).encrypted === true, `${PREFIX}${key}`);
-  }
-
   handle(req: IncomingMessage, res: ServerResponse): void {
     // A ready session (nearly every request) is forwarded in this tick: no promise, no await.
-    const session = this.readyNow(req.url!);
-    if (session) {
-      if (!this.moveBrowser(req, res, session)) this.forward(req, res, session);
-    } else void this.session(req, res).then((s) => s && !this.moveBrowser(req, res, s) && this.forward(req, res, s));
+    const r = this.resolveRequest(req);
+    if (r && 'session' in r && r.session.status === 'ready' && r.session.warm) {
+      if (!this.moveBrowser(req, res, r)) this.forward(req, res, r);
+    } else void this.settle(r, res).then((a) => a && !this.moveBrowser(req, res, a) && this.forward(req, res, a));
   }
 
-  private forward(req: IncomingMessage, res: ServerResponse, session: LiveSession): void {
+  private forwardedHeaders(req: IncomingMessage, a: Addressed): string[] {
+    return forwardHeaders(req.rawHeaders, req.socket.remoteAddress ?? '', (req.socket as { encrypted?: boolean }).encrypted === true, a.prefix);
+  }
+
+  private forward(req: IncomingMessage, res: ServerResponse, a: Addressed): void {
+    const { session } = a;
     const warm = session.warm!;
     session.touch();
     session.openSockets++;
@@ -297,8 +338,8 @@ export class SessionProxy implements FastRouter {
     const upstream = http.request({
       agent: backendAgent(warm.link),
       method: req.method,
-      path: this.backendPath(session, req.url!),
-      headers: this.forwardedHeaders(req, session),
+      path: a.path,
+      headers: this.forwardedHeaders(req, a),
     });
     // One listener for both ends of the exchange: the response is done, or the client went away.
     res.once('close', () => {
@@ -332,11 +373,17 @@ export class SessionProxy implements FastRouter {
    */
   async upgrade(req: IncomingMessage, client: Duplex, head: Buffer): Promise<void> {
     client.on('error', () => client.destroy());
-    const session = await this.session(req, undefined);
-    if (!session) {
+    const r = this.resolveRequest(req);
+    if (r && !('session' in r)) {
+      client.end(`HTTP/1.1 ${r.status} Redirect\r\nLocation: ${r.redirect}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+      return;
+    }
+    const a = await this.settle(r, undefined);
+    if (!a) {
       client.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       return;
     }
+    const { session } = a;
     const backend = session.warm!.link.connect();
     session.touch();
     session.openSockets++;
@@ -355,11 +402,11 @@ export class SessionProxy implements FastRouter {
     backend.on('close', close);
     client.on('close', close);
     // Writes wait in the socket while it still connects (a link's socket is connected already).
-    const headers = this.forwardedHeaders(req, session);
+    const headers = this.forwardedHeaders(req, a);
     // Upgrade requests keep their Connection/Upgrade headers: they are the point.
     headers.push('Connection', req.headers.connection ?? 'Upgrade');
     if (req.headers.upgrade) headers.push('Upgrade', req.headers.upgrade);
-    let text = `${req.method} ${this.backendPath(session, req.url!)} HTTP/1.1\r\n`;
+    let text = `${req.method} ${a.path} HTTP/1.1\r\n`;
     for (let i = 0; i < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
     // Node reads header bytes as latin1: written back the same way, each byte goes on as it came.
     backend.write(text + '\r\n', 'latin1');

@@ -11,6 +11,7 @@ import type { Budget, Reservation } from '../pools/budget.js';
 import { Pool, type PoolView } from '../pools/pool.js';
 import { newToken, startWarm, type WarmSandbox } from '../pools/warm.js';
 import { dropBackend } from '../proxy/backends.js';
+import { SessionOrigins, sessionUrl } from '../proxy/origin.js';
 import type { Runtimes } from '../runtimes/index.js';
 import type { ExecResult } from '../runtimes/types.js';
 import type { Db } from '../store/db.js';
@@ -64,6 +65,8 @@ export class LiveSession {
     readonly metadata: Record<string, string> | undefined,
     /** Principal that created it: only it (or an admin) sees it. */
     readonly owner: string,
+    /** Where its server is reached (see ../proxy/origin.ts). */
+    private readonly url: string,
   ) {
     this.settled = new Promise((r) => (this.settle = r));
   }
@@ -85,7 +88,7 @@ export class LiveSession {
       idleTimeoutS: this.idleTimeoutS,
       owner: this.owner,
     };
-    if (this.status === 'starting' || this.status === 'ready') v.url = `/s/${this.token}/`;
+    if (this.status === 'starting' || this.status === 'ready') v.url = this.url;
     if (withToken) v.token = this.token;
     if (this.metadata) v.metadata = this.metadata;
     if (this.readyAt) v.readyAt = new Date(this.readyAt).toISOString();
@@ -114,8 +117,10 @@ export class SessionService {
   /** Cold starts in flight: close() waits for them so no sandbox outlives the service. */
   private readonly coldStarts = new Set<Promise<void>>();
   private closed = false;
+  private readonly origins: SessionOrigins | undefined;
 
   constructor(private readonly deps: SessionServiceDeps) {
+    this.origins = SessionOrigins.of(deps.config);
     for (const [name, t] of Object.entries(deps.config.templates)) {
       if (!t.command) continue;
       const pool = t.pool ?? { min: 0, max: 20 };
@@ -209,8 +214,11 @@ export class SessionService {
     // A request with its own env needs a server started with it: never a pooled one.
     const warm = req.env ? undefined : pool.claim();
     let session: LiveSession;
-    const make = (token: string, fromPool: boolean) =>
-      new LiveSession(randomUUID(), req.template, token, fromPool, Date.now(), req.idleTimeoutS ?? idleTimeoutS, req.maxDurationS ?? maxDurationS, { ...s.warnings, ...t.warnings }, req.metadata, principal.id);
+    const make = (token: string, fromPool: boolean) => {
+      const id = randomUUID();
+      const url = sessionUrl(this.origins, id, token);
+      return new LiveSession(id, req.template, token, fromPool, Date.now(), req.idleTimeoutS ?? idleTimeoutS, req.maxDurationS ?? maxDurationS, { ...s.warnings, ...t.warnings }, req.metadata, principal.id, url);
+    };
     if (warm) {
       session = make(warm.token, true);
       session.warm = warm;

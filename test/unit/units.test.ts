@@ -15,6 +15,7 @@ import { KilnError } from '../../src/errors.js';
 import { forwardHeaders, hasBody, responseHeaders } from '../../src/proxy/proxy.js';
 import { Field, HeadIndex, HeadWriter, copyLines, fieldCodes, readHead } from '../../src/proxy/http1.js';
 import { readyPollDelayMs } from '../../src/pools/warm.js';
+import { SessionOrigins, sessionUrl } from '../../src/proxy/origin.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kiln-unit-'));
 const file = (name: string, text: string) => {
@@ -47,6 +48,9 @@ test('config: unknown and mistyped keys name the key and the file', () => {
     ['templates: { s: { runtime: process, command: [x], port: 80, ready: { tcp: true, htp: / } } }', /unknown key "templates\.s\.ready\.htp"/],
     ['templates: { "Odd Name/x": { runtime: process } }', /"templates\.Odd Name\/x": template names are lowercase letters/],
     ['templates: { __proto__: { runtime: process } }', /"templates\.__proto__": template names are/],
+    ['sessions: { origin: "https://sessions.example.org" }', /"sessions\.origin" must be like https:\/\/\*\.sessions\.example\.org/],
+    ['sessions: { origin: "https://*.example.org/s" }', /"sessions\.origin" must be like/],
+    ['auth: { enabled: 3 }', /"auth\.enabled" expected boolean \(got 3\)/],
     ['[1, 2]', /top level must be a mapping/],
     ['a: [', /not valid YAML/],
   ];
@@ -197,6 +201,26 @@ test('proxy: request headers lose hop-by-hop ones, keep one Host, and carry X-Fo
     'X-Forwarded-Proto', 'https',
     'X-Forwarded-Prefix', '/s/t',
   ]);
+  // On a session's own host nothing is taken off the path: no prefix, and the client's is not passed on.
+  assert.deepEqual(forwardHeaders(['Host', 'h', 'X-Forwarded-Prefix', '/evil'], '::1', false, ''), ['Host', 'h', 'X-Forwarded-For', '::1', 'X-Forwarded-Proto', 'http', 'X-Forwarded-Host', 'h']);
+});
+
+test('session origins: a Host names a session only as <session id> + the configured suffix; URLs are built on it', () => {
+  const config = structuredClone(DEFAULT_CONFIG);
+  assert.equal(SessionOrigins.of(config), undefined);
+  config.sessions.origin = 'https://*.s.example.org:8443';
+  const o = SessionOrigins.of(config)!;
+  const id = '0b4f6d2e-1c3a-4e5f-8a9b-0c1d2e3f4a5b';
+  for (const host of [`${id}.s.example.org`, `${id}.s.example.org:8443`, `${id}.S.Example.ORG:1`, `${id.toUpperCase()}.s.example.org`, `${id}.s.example.org.`]) {
+    assert.equal(o.idOf(host), id, host);
+  }
+  for (const host of [undefined, '', 's.example.org', `x${id}.s.example.org`, `${id}.s.example.org.evil`, `${id}.evil.org`, `a.${id}.s.example.org`, `${id}s.example.org`, `[::1]:8443`, `www.s.example.org`]) {
+    assert.equal(o.idOf(host), undefined, String(host));
+  }
+  assert.equal(o.url(id, '/s/tok/'), `https://${id}.s.example.org:8443/s/tok/`);
+  assert.equal(o.secure, true);
+  assert.equal(sessionUrl(o, id, 'tok'), `https://${id}.s.example.org:8443/s/tok/`);
+  assert.equal(sessionUrl(undefined, id, 'tok'), '/s/tok/');
 });
 
 test('proxy: response headers keep order and duplicates, less hop-by-hop ones; bodies are announced by length or encoding', () => {
