@@ -24,6 +24,7 @@ import { NativeWire, SEND_TIMEOUT_MS, StreamWire, keep, type Wire, type WireHand
 import { BodyFrame, Field, FramingError, HOP_BY_HOP, HeadIndex, HeadWriter, NOT_FOR_BROWSERS, SET_BY_PROXY, connectionListed, copyLines, fieldCodes, responseBody } from './http1.js';
 import { freshBackend, giveBackend, takeBackend } from './backends.js';
 import type { PortLink } from '../runtimes/types.js';
+import type { Caller } from './origin.js';
 
 /** Where a request goes, as the session proxy decides it. */
 export interface FastRoute {
@@ -42,8 +43,8 @@ export interface FastRoute {
 export interface FastRouter {
   /** Whether routes depend on the Host field (sessions on hosts of their own): only then is it read as a string. */
   readonly byHost: boolean;
-  /** A route for a ready session, or undefined to leave the request to node's server. */
-  route(method: string, target: string, cookie: string | undefined, navigate: boolean, host: string | undefined): FastRoute | undefined;
+  /** A route for a ready session, or undefined to leave the request to node's server. `host` and `caller` are read only when `byHost`. */
+  route(method: string, target: string, cookie: string | undefined, navigate: boolean, host: string | undefined, caller: Caller | undefined): FastRoute | undefined;
 }
 
 /** Request fields the backend does not get: hop-by-hop ones (but Transfer-Encoding: the body's framing passes through as it is), and those kiln sets itself. */
@@ -134,8 +135,8 @@ export class FastPath {
     return this.router.byHost;
   }
 
-  /** @internal */ route(method: string, target: string, cookie: string | undefined, navigate: boolean, host: string | undefined): FastRoute | undefined {
-    return this.closing ? undefined : this.router.route(method, target, cookie, navigate, host);
+  /** @internal */ route(method: string, target: string, cookie: string | undefined, navigate: boolean, host: string | undefined, caller: Caller | undefined): FastRoute | undefined {
+    return this.closing ? undefined : this.router.route(method, target, cookie, navigate, host, caller);
   }
 
   /** @internal how long an ending connection's client may take nothing of what waits for it. */ sendMs(): number {
@@ -294,6 +295,8 @@ class ClientConnection {
     if (!rl) return false;
     let cookie: string | undefined;
     let navigate = false;
+    let origin = -1;
+    let fetchSite = -1;
     let length: number | undefined;
     let chunked = false;
     let host = -1;
@@ -329,6 +332,14 @@ class ClientConnection {
         case Field.SecFetchMode:
           navigate = h.valueIs(k, 'navigate');
           break;
+        case Field.Origin:
+          if (origin >= 0) return false;
+          origin = k;
+          break;
+        case Field.SecFetchSite:
+          if (fetchSite >= 0) return false;
+          fetchSite = k;
+          break;
         case Field.XForwardedFor:
           forwardedFor++;
           break;
@@ -336,7 +347,9 @@ class ClientConnection {
     }
     // Both framings at once is how requests are smuggled: node's parser refuses it, so let it.
     if (host < 0 || (chunked && length !== undefined) || rl.method === 'CONNECT') return false;
-    const route = this.path.route(rl.method, rl.target, cookie, navigate, this.path.byHost ? h.value(host) : undefined);
+    const byHost = this.path.byHost;
+    const caller = byHost ? { method: rl.method, navigate, origin: origin < 0 ? undefined : h.value(origin), fetchSite: fetchSite < 0 ? undefined : h.value(fetchSite) } : undefined;
+    const route = this.path.route(rl.method, rl.target, cookie, navigate, byHost ? h.value(host) : undefined, caller);
     if (!route) return false;
     if (close) this.closeAfter = true;
 

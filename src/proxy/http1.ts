@@ -69,6 +69,8 @@ export const enum Field {
   XForwardedPrefix,
   Cookie,
   SecFetchMode,
+  SecFetchSite,
+  Origin,
   ReferrerPolicy,
   ServiceWorkerAllowed,
 }
@@ -91,6 +93,8 @@ const FIELD_NAMES: [string, Field][] = [
   ['x-forwarded-prefix', Field.XForwardedPrefix],
   ['cookie', Field.Cookie],
   ['sec-fetch-mode', Field.SecFetchMode],
+  ['sec-fetch-site', Field.SecFetchSite],
+  ['origin', Field.Origin],
   ['referrer-policy', Field.ReferrerPolicy],
   ['service-worker-allowed', Field.ServiceWorkerAllowed],
 ];

@@ -56,10 +56,32 @@ export class SessionOrigins {
     return `${this.scheme}${id}${this.suffix}${this.port}${path}`;
   }
 
+  /**
+   * Whether a request that has only the host's cookie to show comes from the
+   * session's own pages (or from no page: curl, an address typed in). Other
+   * sessions' hosts are the same site, so `SameSite` does not keep their pages
+   * from sending this host's cookie: their fetches, form posts and WebSockets
+   * (which CORS does not cover) are refused. Following a link (a top-level
+   * GET) is not: the page it opens runs on this host, out of their reach.
+   */
+  fromOwnPages(id: string, caller: Caller): boolean {
+    if (caller.fetchSite === 'same-site' || caller.fetchSite === 'cross-site') return caller.navigate && (caller.method === 'GET' || caller.method === 'HEAD');
+    return caller.origin === undefined || caller.origin === this.url(id, '');
+  }
+
   /** Whether browsers reach session hosts over HTTPS (their cookies are then `Secure`). */
   get secure(): boolean {
     return this.scheme === 'https://';
   }
+}
+
+/** What a request says of the page that sent it (the fields browsers set: `Origin`, `Sec-Fetch-Site`, `Sec-Fetch-Mode`). */
+export interface Caller {
+  method: string;
+  /** `Sec-Fetch-Mode: navigate`: a top-level or frame navigation. */
+  navigate: boolean;
+  origin: string | undefined;
+  fetchSite: string | undefined;
 }
 
 /** Where a session is reached: the token URL, on kiln's origin or on the session's own. */

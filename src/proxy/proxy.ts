@@ -21,7 +21,7 @@ import { HOP_BY_HOP, NOT_FOR_BROWSERS, SET_BY_PROXY, connectionListed, readHead 
 import type { SessionService, LiveSession } from '../sessions/service.js';
 import type { KilnConfig } from '../config/schema.js';
 import { pageHtml } from './pages.js';
-import { PREFIX, SessionOrigins } from './origin.js';
+import { PREFIX, SessionOrigins, type Caller } from './origin.js';
 import { backendAgent, dropAllBackends } from './backends.js';
 import type { PortLink } from '../runtimes/types.js';
 import { SECURE_PAGE_HEADERS } from '../api/protect.js';
@@ -40,16 +40,22 @@ interface Addressed {
   /** The token came in the path (a browser that navigates there is moved off it). */
   byToken: boolean;
 }
-/** Where a request goes: a session, another URL (`status` 307 or 308), or nowhere (404). */
-type Resolved = Addressed | { redirect: string; status: 307 | 308 } | undefined;
+/** Where a request goes: a session, another URL (`status` 307 or 308), refused (403: another session's page), or nowhere (404). */
+type Resolved = Addressed | { redirect: string; status: 307 | 308 } | { refused: true } | undefined;
 
-function cookieValue(header: string | undefined, name: string): string | undefined {
-  if (!header) return undefined;
+/**
+ * Whether any cookie `name` in the header holds `secret`. Any, not the first:
+ * a sibling host (another session's server) can set a cookie of that name for
+ * the parent domain, which browsers may send first.
+ */
+function cookieHolds(header: string | undefined, name: string, secret: string): boolean {
+  if (!header) return false;
+  let found = false;
   for (const part of header.split(';')) {
     const eq = part.indexOf('=');
-    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+    if (eq > 0 && part.slice(0, eq).trim() === name && sameSecret(part.slice(eq + 1).trim(), secret)) found = true;
   }
-  return undefined;
+  return found;
 }
 
 const sameSecret = (a: string, b: string) => a.length === b.length && timingSafeEqual(Buffer.from(a), Buffer.from(b));
@@ -157,6 +163,9 @@ class SessionRoute implements FastRoute {
   }
 }
 
+/** A field node may give as a list (a duplicate): the first. */
+const one = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v);
+
 export class SessionProxy implements FastRouter {
   readonly stats: ProxyStats = { requests: 0, openSockets: 0 };
   /** How long a client may take none of the bytes waiting for it before it is cut off, ms (as node's server's timeouts, settable). */
@@ -180,10 +189,10 @@ export class SessionProxy implements FastRouter {
    * token URL there is only moved to the session's host, so no session page
    * ever runs on kiln's origin.
    */
-  private resolve(host: string | undefined, url: string, cookie: () => string | undefined): Resolved {
+  private resolve(host: string | undefined, url: string, cookie: () => string | undefined, caller: () => Caller): Resolved {
     if (this.origins) {
       const id = this.origins.idOf(host);
-      if (id !== undefined) return this.onOwnHost(id, url, cookie);
+      if (id !== undefined) return this.onOwnHost(this.origins, id, url, cookie, caller);
     }
     if (!url.startsWith(PREFIX)) return undefined;
     const slash = url.indexOf('/', PREFIX.length);
@@ -200,7 +209,7 @@ export class SessionProxy implements FastRouter {
     return { session, path: keep ? url : url.slice(slash), prefix: `${PREFIX}${key}`, byToken: session === byToken };
   }
 
-  private onOwnHost(id: string, url: string, cookie: () => string | undefined): Resolved {
+  private onOwnHost(origins: SessionOrigins, id: string, url: string, cookie: () => string | undefined, caller: () => Caller): Resolved {
     const session = this.sessions.byIdLookup(id);
     if (!session) return undefined;
     if (url.startsWith(PREFIX) && url.startsWith(session.token, PREFIX.length)) {
@@ -208,15 +217,14 @@ export class SessionProxy implements FastRouter {
       if (url.length === end || url[end] === '?') return { redirect: `${PREFIX}${session.token}/${url.slice(end)}`, status: 308 };
       if (url[end] === '/') return { session, path: url.slice(end), prefix: url.slice(0, end), byToken: true };
     }
-    const c = cookieValue(cookie(), SESSION_COOKIE);
-    return c !== undefined && sameSecret(c, session.token) ? { session, path: url, prefix: '', byToken: false } : undefined;
+    if (!cookieHolds(cookie(), SESSION_COOKIE, session.token)) return undefined;
+    return origins.fromOwnPages(id, caller()) ? { session, path: url, prefix: '', byToken: false } : { refused: true };
   }
 
   /** The session with id `key`, if the cookie holds its token. */
   private byIdWithCookie(key: string, cookieHeader: string | undefined): LiveSession | undefined {
     const byId = this.sessions.byIdLookup(key);
-    const cookie = cookieValue(cookieHeader, SESSION_COOKIE);
-    return byId && cookie !== undefined && sameSecret(cookie, byId.token) ? byId : undefined;
+    return byId && cookieHolds(cookieHeader, SESSION_COOKIE, byId.token) ? byId : undefined;
   }
 
   /** Whether a request (by its Host field) is for a session's own host: all of it goes to the proxy, none to the API. */
@@ -233,9 +241,9 @@ export class SessionProxy implements FastRouter {
    * session. Undefined leaves it to node's server and `handle` (which answers
    * unknown, starting and ended sessions, redirects, and moves browsers off token URLs).
    */
-  route(method: string, target: string, cookie: string | undefined, navigate: boolean, host: string | undefined): FastRoute | undefined {
+  route(method: string, target: string, cookie: string | undefined, navigate: boolean, host: string | undefined, caller: Caller | undefined): FastRoute | undefined {
     if (!this.origins && !target.startsWith(PREFIX)) return undefined;
-    const a = this.resolve(host, target, () => cookie);
+    const a = this.resolve(host, target, () => cookie, () => caller!);
     if (!a || !('session' in a) || a.session.status !== 'ready' || !a.session.warm) return undefined;
     if (a.byToken && method === 'GET' && navigate && this.entry(a)) return undefined; // see moveBrowser
     return new SessionRoute(a.session, a.path, a.prefix, this.stats);
@@ -263,13 +271,18 @@ export class SessionProxy implements FastRouter {
   }
 
   private resolveRequest(req: IncomingMessage): Resolved {
-    return this.resolve(req.headers.host, req.url ?? '', () => req.headers.cookie);
+    const caller = (): Caller => ({ method: req.method ?? 'GET', navigate: req.headers['sec-fetch-mode'] === 'navigate', origin: req.headers.origin, fetchSite: one(req.headers['sec-fetch-site']) });
+    return this.resolve(req.headers.host, req.url ?? '', () => req.headers.cookie, caller);
   }
 
-  /** Every case but a ready session: unknown (404), a redirect, a starting session (waited for) or an ended one (410). */
+  /** Every case but a ready session: unknown (404), a redirect, refused (403), a starting session (waited for) or an ended one (410). */
   private async settle(r: Resolved, res: ServerResponse | undefined): Promise<Addressed | undefined> {
     if (!r) {
       res && send(res, 404, 'No such session', 'This link does not lead to a session. Ask for a new one.');
+      return undefined;
+    }
+    if ('refused' in r) {
+      res && send(res, 403, 'Not from here', 'This session can be used only from its own pages, or by following a link to it.');
       return undefined;
     }
     if (!('session' in r)) {
@@ -302,7 +315,8 @@ export class SessionProxy implements FastRouter {
   private entry(a: Addressed, encrypted = false): { location: string; cookie: string } | undefined {
     const secure = encrypted || this.origins?.secure ? '; Secure' : '';
     const { session } = a;
-    if (this.origins) return { location: a.path, cookie: `${SESSION_COOKIE}=${session.token}; Path=/; HttpOnly; SameSite=Lax${secure}` };
+    // One leading slash: `//host/x` (or `/\\host`) would send the browser to another host.
+    if (this.origins) return { location: a.path.replace(/^[/\\]+/, '/'), cookie: `${SESSION_COOKIE}=${session.token}; Path=/; HttpOnly; SameSite=Lax${secure}` };
     if (this.config.templates[session.template]?.basePath === 'keep') return undefined;
     return { location: `${PREFIX}${session.id}${a.path}`, cookie: `${SESSION_COOKIE}=${session.token}; Path=${PREFIX}${session.id}/; HttpOnly; SameSite=Lax${secure}` };
   }
@@ -374,7 +388,11 @@ export class SessionProxy implements FastRouter {
   async upgrade(req: IncomingMessage, client: Duplex, head: Buffer): Promise<void> {
     client.on('error', () => client.destroy());
     const r = this.resolveRequest(req);
-    if (r && !('session' in r)) {
+    if (r && 'refused' in r) {
+      client.end('HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      return;
+    }
+    if (r && 'redirect' in r) {
       client.end(`HTTP/1.1 ${r.status} Redirect\r\nLocation: ${r.redirect}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
       return;
     }

@@ -84,6 +84,17 @@ describe('sessions in a browser', () => {
       assert.match(await readFrom(a, '/info'), /^read 200: .*"path": "\/info"/);
       assert.match(await readFrom(b, '/info'), /^read 200: /);
       assert.equal(await readFrom(a, `http://${hostB}/info`), 'refused: TypeError');
+      // A WebSocket, which CORS does not cover, from A's page to B's server: it never opens.
+      const socket = await a.evaluate(
+        (u) =>
+          new Promise<string>((resolve) => {
+            const ws = new WebSocket(u);
+            ws.onopen = () => resolve('opened');
+            ws.onerror = () => resolve('failed');
+          }),
+        `ws://${hostB}/ws`,
+      );
+      assert.equal(socket, 'failed');
       assert.equal(await readFrom(a, `http://127.0.0.1:${port}/v1/sessions`), 'refused: TypeError');
       assert.equal(await readFrom(a, `http://localhost:${port}/v1/sessions`), 'refused: TypeError');
     } finally {

@@ -52,7 +52,12 @@ async function createSession(template = 'demo-web'): Promise<{ id: string; url: 
   const res = await request(main(), '/v1/sessions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ template }) });
   assert.equal(res.status, 201, res.body);
   const s = JSON.parse(res.body) as { id: string; url: string; token: string; status: string };
-  for (let i = 0; i < 200 && JSON.parse((await request(main(), `/v1/sessions/${s.id}`)).body).status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 50));
+  let status = s.status;
+  for (let i = 0; i < 200 && status !== 'ready'; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    status = JSON.parse((await request(main(), `/v1/sessions/${s.id}`)).body).status;
+  }
+  assert.equal(status, 'ready', `session ${s.id} of ${template}`);
   return s;
 }
 
@@ -68,7 +73,10 @@ describe('sessions on origins of their own', () => {
   before(async () => {
     port = await freePort();
     const c = testConfig({ budget: { cpuTotal: 64, memoryTotalMb: 64 * 1024 }, sessions: { origin: `http://*.localhost:${port}` } });
-    c.templates['demo-web'] = { ...c.templates['demo-web']!, public: true, pool: { min: 2, max: 8 }, limits: { cpus: 0.25, memoryMb: 128, pids: 64 } };
+    c.templates['demo-web'] = { ...c.templates['demo-web']!, public: true, pool: { min: 2, max: 30 }, limits: { cpus: 0.25, memoryMb: 128, pids: 64 } };
+    // A server that answers with the request's fields, as JSON.
+    const echoHeaders = 'import http.server,json,os\nclass H(http.server.BaseHTTPRequestHandler):\n  def do_GET(self):\n    b=json.dumps({k.lower():v for k,v in self.headers.items()}).encode()\n    self.send_response(200);self.send_header("Content-Length",str(len(b)));self.end_headers();self.wfile.write(b)\n  def log_message(self,*a):pass\nhttp.server.HTTPServer(("127.0.0.1",int(os.environ["KILN_PORT"])),H).serve_forever()';
+    c.templates['headers-web'] = { ...c.templates['demo-web']!, command: ['python3', '-c', echoHeaders], pool: { min: 0, max: 2 } };
     c.templates['base-web'] = { ...c.templates['demo-web']!, command: ['sh', '-c', 'printf %s "$KILN_BASE_URL" > base.txt; exec python3 /usr/share/kiln/demo_server.py'], pool: { min: 0, max: 2 } };
     t = await startTestKiln(c);
     await t.app.listen({ port, host: '127.0.0.1' });
@@ -108,7 +116,6 @@ describe('sessions on origins of their own', () => {
     const page = await request(hostOf(s.id), '/info?y=2', { headers: { cookie } });
     assert.equal(page.status, 200, page.body);
     assert.equal(JSON.parse(page.body).path, '/info?y=2');
-    // The server sees no prefix: X-Forwarded-Prefix is not sent (a client's own is dropped).
     // Every path of the host is the session's: /v1/... is the app's page, not kiln's API.
     const api = await request(hostOf(s.id), '/v1/sessions', { headers: { cookie } });
     assert.equal(api.status, 200);
@@ -144,6 +151,90 @@ describe('sessions on origins of their own', () => {
     const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { host: hostOf(a.id) } });
     const refused = await new Promise<number>((resolve) => ws.once('unexpected-response', (_req, res) => resolve(res.statusCode!)));
     assert.equal(refused, 404);
+  });
+
+  test('the cookie alone is refused to other sessions’ pages (same site), never to the session’s own pages or a link followed', async () => {
+    const a = await createSession();
+    const b = await createSession();
+    const { cookie } = await enter(a);
+    const own = `http://${hostOf(a.id)}`;
+    const other = `http://${hostOf(b.id)}`;
+    const cases: [string, string, Record<string, string>, number][] = [
+      ['GET', '/info', { origin: own, 'sec-fetch-site': 'same-origin', 'sec-fetch-mode': 'cors' }, 200],
+      ['POST', '/echo', { origin: own, 'sec-fetch-site': 'same-origin', 'sec-fetch-mode': 'cors' }, 200],
+      ['GET', '/info', { 'sec-fetch-site': 'same-site', 'sec-fetch-mode': 'navigate' }, 200],
+      ['GET', '/info', { 'sec-fetch-site': 'none', 'sec-fetch-mode': 'navigate' }, 200],
+      ['GET', '/info', { origin: other, 'sec-fetch-site': 'same-site', 'sec-fetch-mode': 'cors' }, 403],
+      ['POST', '/echo', { origin: other, 'sec-fetch-site': 'same-site', 'sec-fetch-mode': 'navigate' }, 403],
+      ['POST', '/echo', { origin: other }, 403],
+      ['GET', '/info', { origin: 'null' }, 403],
+      ['GET', '/info', { 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': 'no-cors' }, 403],
+    ];
+    for (const [method, path, headers, status] of cases) {
+      const res = await request(hostOf(a.id), path, { method, headers: { cookie, ...headers }, body: method === 'POST' ? 'x' : undefined });
+      assert.equal(res.status, status, `${method} ${path} ${JSON.stringify(headers)}: ${res.body.slice(0, 200)}`);
+      if (status === 403) assert.match(res.body, /only from its own pages/);
+    }
+    // A WebSocket (which CORS does not cover) from another session's page: refused; from its own: echoes.
+    const refused = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { host: hostOf(a.id), cookie }, origin: other });
+    assert.equal(await new Promise<number>((resolve) => refused.once('unexpected-response', (_req, res) => resolve(res.statusCode!))), 403);
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { host: hostOf(a.id), cookie }, origin: own });
+    const echo = await new Promise<string>((resolve, reject) => {
+      ws.once('open', () => ws.send('from its own page'));
+      ws.once('message', (m) => resolve(String(m)));
+      ws.once('error', reject);
+    });
+    ws.close();
+    assert.equal(echo, 'from its own page');
+    // A cookie of the same name set for the parent domain by another session's server, sent first, shuts nobody out.
+    const shadowed = await request(hostOf(a.id), '/info', { headers: { cookie: `kiln_s=${b.token}; kiln_s=junk; ${cookie}` } });
+    assert.equal(shadowed.status, 200);
+  });
+
+  test('the move off the token URL stays on the session’s host, whatever the path', async () => {
+    const s = await createSession();
+    for (const [path, location] of [['//evil.example/x', '/evil.example/x'], ['/\\evil.example/x', '/evil.example/x'], ['/a//b', '/a//b']]) {
+      const { answer } = await enter(s, path);
+      assert.equal(answer.headers.location, location, path);
+    }
+  });
+
+  test('node’s path (HTTP/1.0) on a session host: the cookie works, the prefix is taken off the token URL', async () => {
+    const s = await createSession();
+    const { cookie } = await enter(s);
+    const raw = (path: string, headers: string) =>
+      new Promise<string>((resolve, reject) => {
+        const c = net.connect(port, '127.0.0.1', () => c.write(`GET ${path} HTTP/1.0\r\nHost: ${hostOf(s.id)}\r\n${headers}\r\n`));
+        let text = '';
+        c.setEncoding('latin1');
+        c.on('data', (d: string) => (text += d));
+        c.on('end', () => resolve(text));
+        c.on('error', reject);
+      });
+    const byCookie = await raw('/info?n=1', `Cookie: ${cookie}\r\n`);
+    assert.match(byCookie, /^HTTP\/1\.[01] 200 /);
+    assert.match(byCookie, /"path": "\/info\?n=1"/);
+    const byToken = await raw(`/s/${s.token}/info?n=2`, '');
+    assert.match(byToken, /"path": "\/info\?n=2"/);
+    assert.match(await raw('/info', ''), /^HTTP\/1\.[01] 404 /);
+  });
+
+  test('X-Forwarded-Prefix on a session host: none for plain paths, the token prefix taken off, never the client’s; on either path', async () => {
+    const s = await createSession('headers-web');
+    const { cookie } = await enter(s);
+    for (const [version, path, prefix] of [['1.1', '/h', undefined], ['1.0', '/h', undefined], ['1.1', `/s/${s.token}/h`, `/s/${s.token}`], ['1.0', `/s/${s.token}/h`, `/s/${s.token}`]] as const) {
+      const text = await new Promise<string>((resolve, reject) => {
+        const c = net.connect(port, '127.0.0.1', () => c.write(`GET ${path} HTTP/${version}\r\nHost: ${hostOf(s.id)}\r\nCookie: ${cookie}\r\nX-Forwarded-Prefix: /evil\r\nConnection: close\r\n\r\n`));
+        let t = '';
+        c.setEncoding('latin1');
+        c.on('data', (d: string) => (t += d));
+        c.on('end', () => resolve(t));
+        c.on('error', reject);
+      });
+      const headers = JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4)) as Record<string, string>;
+      assert.equal(headers['x-forwarded-prefix'], prefix, `HTTP/${version} ${path}: ${JSON.stringify(headers)}`);
+      assert.equal(headers['x-forwarded-host'], hostOf(s.id));
+    }
   });
 
   test('no session page is served on kiln’s origin: token URLs there move to the session’s host; the API stays', async () => {
