@@ -1,6 +1,7 @@
 /**
- * Sessions on hosts of their own (`sessions.origin`), on the process runtime:
- * real sandboxes running the demo server, the real proxy on loopback. Each
+ * Sessions on hosts of their own (`sessions.origin`): real sandboxes running
+ * the demo server (process runtime; one test on docker and gvisor too), the
+ * real proxy on loopback. Each
  * request goes to 127.0.0.1 with the Host a browser would send for
  * `<session id>.localhost` (browsers resolve *.localhost to loopback).
  */
@@ -106,8 +107,9 @@ describe('sessions on origins of their own', () => {
     assert.equal(bare.headers.location, `/s/${s.token}/?q`);
   });
 
-  test('a browser is moved off the token URL with a cookie of that host alone, and then uses plain paths', async () => {
-    const s = await createSession();
+  // On each runtime: the proxy is the same, the links into sandboxes are not (gVisor's go through exec relays).
+  for (const template of ['demo-web', 'demo-docker', 'demo-gvisor']) test(`${template}: a browser is moved off the token URL with a cookie of that host alone, and then uses plain paths`, async () => {
+    const s = await createSession(template);
     const { cookie, answer } = await enter(s, '/info?y=2');
     assert.equal(answer.headers.location, '/info?y=2');
     const set = answer.headers['set-cookie']![0]!;
