@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { DEFAULT_CONFIG } from '../src/config/defaults.js';
 import type { KilnConfig } from '../src/config/schema.js';
@@ -59,4 +60,13 @@ export async function startTestKiln(config: KilnConfig = testConfig()): Promise<
 export async function postRun(app: FastifyInstance, body: unknown): Promise<{ status: number; body: any; headers: Record<string, unknown> }> {
   const res = await app.inject({ method: 'POST', url: '/v1/runs', payload: body as object });
   return { status: res.statusCode, body: res.json(), headers: res.headers };
+}
+
+/** A loopback port free a moment ago (for a server whose own URLs must name its port before it listens). */
+export async function freePort(): Promise<number> {
+  const s = net.createServer().listen(0, '127.0.0.1');
+  await new Promise((ok) => s.once('listening', ok));
+  const p = (s.address() as net.AddressInfo).port;
+  await new Promise((ok) => s.close(ok));
+  return p;
 }

@@ -7,17 +7,8 @@
  */
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
-import { startTestKiln, testConfig, type TestKiln } from '../helpers.js';
-
-async function freePort(): Promise<number> {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await new Promise((ok) => s.once('listening', ok));
-  const p = (s.address() as net.AddressInfo).port;
-  await new Promise((ok) => s.close(ok));
-  return p;
-}
+import { freePort, startTestKiln, testConfig, type TestKiln } from '../helpers.js';
 
 /** A kiln on loopback whose demo template is public with a warm pool; `origin` puts sessions on hosts of their own. */
 async function startKilnOn(port: number, origin: string | null): Promise<TestKiln> {

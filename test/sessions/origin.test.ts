@@ -12,7 +12,7 @@ import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import WebSocket from 'ws';
-import { startTestKiln, testConfig, type TestKiln } from '../helpers.js';
+import { freePort, startTestKiln, testConfig, type TestKiln } from '../helpers.js';
 
 let t: TestKiln;
 let port: number;
@@ -35,14 +35,6 @@ function request(host: string, path: string, opts: { method?: string; headers?: 
     req.on('error', reject);
     req.end(opts.body);
   });
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await new Promise((ok) => s.once('listening', ok));
-  const p = (s.address() as net.AddressInfo).port;
-  await new Promise((ok) => s.close(ok));
-  return p;
 }
 
 const main = () => `127.0.0.1:${port}`;
@@ -68,6 +60,29 @@ async function enter(s: { id: string; token: string }, path = '/'): Promise<{ co
   assert.equal(answer.status, 302, answer.body);
   const set = answer.headers['set-cookie']![0]!;
   return { cookie: set.split(';')[0]!, answer };
+}
+
+/** A request written as is (`head`), and all the connection answers until kiln closes it. */
+function rawExchange(head: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const c = net.connect(port, '127.0.0.1', () => c.write(head));
+    let text = '';
+    c.setEncoding('latin1');
+    c.on('data', (d: string) => (text += d));
+    c.on('end', () => resolve(text));
+    c.on('error', reject);
+  });
+}
+
+/** What comes back over `ws` for `text` (then closed). */
+async function echoed(ws: WebSocket, text: string): Promise<string> {
+  const echo = await new Promise<string>((resolve, reject) => {
+    ws.once('open', () => ws.send(text));
+    ws.once('message', (m) => resolve(String(m)));
+    ws.once('error', reject);
+  });
+  ws.close();
+  return echo;
 }
 
 describe('sessions on origins of their own', () => {
@@ -124,14 +139,7 @@ describe('sessions on origins of their own', () => {
     assert.match(api.headers['content-type'] ?? '', /text\/html/);
     assert.match(api.body, /Kiln demo session/);
     // A WebSocket on the host, with the cookie.
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { host: hostOf(s.id), cookie } });
-    const echo = await new Promise<string>((resolve, reject) => {
-      ws.once('open', () => ws.send('over its own origin'));
-      ws.once('message', (m) => resolve(String(m)));
-      ws.once('error', reject);
-    });
-    ws.close();
-    assert.equal(echo, 'over its own origin');
+    assert.equal(await echoed(new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { host: hostOf(s.id), cookie } }), 'over its own origin'), 'over its own origin');
   });
 
   test('nothing of a session is reached without its token: no cookie, a wrong one, another session’s token or host', async () => {
@@ -180,14 +188,7 @@ describe('sessions on origins of their own', () => {
     // A WebSocket (which CORS does not cover) from another session's page: refused; from its own: echoes.
     const refused = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { host: hostOf(a.id), cookie }, origin: other });
     assert.equal(await new Promise<number>((resolve) => refused.once('unexpected-response', (_req, res) => resolve(res.statusCode!))), 403);
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { host: hostOf(a.id), cookie }, origin: own });
-    const echo = await new Promise<string>((resolve, reject) => {
-      ws.once('open', () => ws.send('from its own page'));
-      ws.once('message', (m) => resolve(String(m)));
-      ws.once('error', reject);
-    });
-    ws.close();
-    assert.equal(echo, 'from its own page');
+    assert.equal(await echoed(new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { host: hostOf(a.id), cookie }, origin: own }), 'from its own page'), 'from its own page');
     // A cookie of the same name set for the parent domain by another session's server, sent first, shuts nobody out.
     const shadowed = await request(hostOf(a.id), '/info', { headers: { cookie: `kiln_s=${b.token}; kiln_s=junk; ${cookie}` } });
     assert.equal(shadowed.status, 200);
@@ -204,15 +205,7 @@ describe('sessions on origins of their own', () => {
   test('node’s path (HTTP/1.0) on a session host: the cookie works, the prefix is taken off the token URL', async () => {
     const s = await createSession();
     const { cookie } = await enter(s);
-    const raw = (path: string, headers: string) =>
-      new Promise<string>((resolve, reject) => {
-        const c = net.connect(port, '127.0.0.1', () => c.write(`GET ${path} HTTP/1.0\r\nHost: ${hostOf(s.id)}\r\n${headers}\r\n`));
-        let text = '';
-        c.setEncoding('latin1');
-        c.on('data', (d: string) => (text += d));
-        c.on('end', () => resolve(text));
-        c.on('error', reject);
-      });
+    const raw = (path: string, headers: string) => rawExchange(`GET ${path} HTTP/1.0\r\nHost: ${hostOf(s.id)}\r\n${headers}\r\n`);
     const byCookie = await raw('/info?n=1', `Cookie: ${cookie}\r\n`);
     assert.match(byCookie, /^HTTP\/1\.[01] 200 /);
     assert.match(byCookie, /"path": "\/info\?n=1"/);
@@ -225,14 +218,7 @@ describe('sessions on origins of their own', () => {
     const s = await createSession('headers-web');
     const { cookie } = await enter(s);
     for (const [version, path, prefix] of [['1.1', '/h', undefined], ['1.0', '/h', undefined], ['1.1', `/s/${s.token}/h`, `/s/${s.token}`], ['1.0', `/s/${s.token}/h`, `/s/${s.token}`]] as const) {
-      const text = await new Promise<string>((resolve, reject) => {
-        const c = net.connect(port, '127.0.0.1', () => c.write(`GET ${path} HTTP/${version}\r\nHost: ${hostOf(s.id)}\r\nCookie: ${cookie}\r\nX-Forwarded-Prefix: /evil\r\nConnection: close\r\n\r\n`));
-        let t = '';
-        c.setEncoding('latin1');
-        c.on('data', (d: string) => (t += d));
-        c.on('end', () => resolve(t));
-        c.on('error', reject);
-      });
+      const text = await rawExchange(`GET ${path} HTTP/${version}\r\nHost: ${hostOf(s.id)}\r\nCookie: ${cookie}\r\nX-Forwarded-Prefix: /evil\r\nConnection: close\r\n\r\n`);
       const headers = JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4)) as Record<string, string>;
       assert.equal(headers['x-forwarded-prefix'], prefix, `HTTP/${version} ${path}: ${JSON.stringify(headers)}`);
       assert.equal(headers['x-forwarded-host'], hostOf(s.id));
