@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import https from 'node:https';
 import http from 'node:http';
 import { Writable } from 'node:stream';
@@ -179,6 +179,18 @@ describe('auth', () => {
       assert.ok(!text.includes(secret), `${what} gave a read-only credential the URL secret: ${text}`);
     }
     assert.equal((await call('GET', `/v1/sessions/${s.body.id}`, { token: writer })).body.url, s.body.url, 'a credential that may use it still sees it');
+    // The CLI's listing: the URL column is empty for the reader (it printed `…undefined`), whole for the writer.
+    const ls = async (token: string) => {
+      const cli = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), join(import.meta.dirname, '..', '..', 'src', 'cli', 'dev.ts'), 'session', 'ls'], { env: { ...process.env, KILN_URL: base, KILN_TOKEN: token } });
+      let out = '';
+      cli.stdout.on('data', (c: Buffer) => (out += c));
+      assert.equal(await new Promise((ok) => cli.once('close', ok)), 0);
+      return out.split('\n').find((l) => l.startsWith(s.body.id)) ?? '';
+    };
+    const readerRow = await ls(reader);
+    assert.match(readerRow, /ready\s+\S+Z$/, readerRow);
+    assert.ok(!readerRow.includes('undefined') && !readerRow.includes(secret), readerRow);
+    assert.ok((await ls(writer)).endsWith(`${base}${s.body.url}`));
     assert.equal((await call('DELETE', `/v1/sessions/${s.body.id}`, { token: writer })).status, 200);
   });
 
