@@ -1,9 +1,11 @@
 /** Server-sent events for runs and sessions: one `event:` + `data:` JSON block per change, closed at the end. */
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { OutgoingHttpHeaders } from 'node:http';
 import type { Kiln } from '../app.js';
 import type { Run } from '../runs/types.js';
 import type { SessionView } from '../sessions/types.js';
 import { shownTo } from '../sessions/service.js';
+import { SECURE_PAGE_HEADERS } from './protect.js';
 
 interface EventStream {
   write(event: string, data: unknown): void;
@@ -16,7 +18,8 @@ interface EventStream {
 function openStream(req: FastifyRequest, reply: FastifyReply, subscribe: (stream: EventStream) => (() => void)[]): EventStream {
   reply.hijack();
   const res = reply.raw;
-  res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive', 'X-Accel-Buffering': 'no' });
+  // The headers set on the reply so far (CORS) and those every answer carries go out too: hijacking leaves them behind.
+  res.writeHead(200, { ...(reply.getHeaders() as OutgoingHttpHeaders), ...SECURE_PAGE_HEADERS, 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive', 'X-Accel-Buffering': 'no' });
   let offs: (() => void)[] = [];
   const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), 15000);
   const stream = {
@@ -33,7 +36,12 @@ function openStream(req: FastifyRequest, reply: FastifyReply, subscribe: (stream
     },
   };
   offs = subscribe(stream);
-  req.raw.on('close', stream.finish);
+  // A client gone before the stream opened (during an async hook) sent its 'close' already: finish now, not at the session's end.
+  if (req.raw.socket?.destroyed || res.destroyed) stream.finish();
+  else {
+    req.raw.on('close', stream.finish);
+    res.on('close', stream.finish);
+  }
   return stream;
 }
 

@@ -3,7 +3,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { KilnEventBus } from '../events.js';
 import type { PoolView } from '../pools/pool.js';
 import type { ProxyStats } from '../proxy/proxy.js';
-import type { SessionView } from '../sessions/types.js';
+import { SESSION_STATUS, type SessionView } from '../sessions/types.js';
 
 /** How often the event-loop lag is sampled, ms. */
 const EVENT_LOOP_SAMPLE_MS = 100;
@@ -57,7 +57,8 @@ export class KilnMetrics {
       labelNames: ['status'],
       registers: [this.registry],
       collect() {
-        this.reset();
+        // Every status has a series, 0 when none: an alert on `{status="ready"} == 0` must be able to fire.
+        for (const status of Object.values(SESSION_STATUS)) this.set({ status }, 0);
         for (const s of gauges.sessions()) this.inc({ status: s.status });
       },
     });

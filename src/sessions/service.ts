@@ -174,6 +174,13 @@ export class SessionService {
       if (v === undefined) continue;
       if (v === null || typeof v !== 'object' || Array.isArray(v) || Object.values(v).some((x) => typeof x !== 'string')) throw invalid(key, 'must be an object of strings');
       if (Object.keys(v).length > 64) throw invalid(key, 'at most 64 entries');
+      // Metadata is stored and repeated in every listing and event: each entry stays small.
+      if (key === 'metadata') {
+        for (const [k, x] of Object.entries(v as Record<string, string>)) {
+          if (k.length > 128) throw invalid('metadata', `key ${JSON.stringify(k.slice(0, 32))}… is longer than 128 characters`);
+          if (x.length > 1024) throw invalid(`metadata.${k}`, 'at most 1024 characters');
+        }
+      }
       if (key === 'env') {
         for (const name of Object.keys(v)) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name) || name.startsWith('KILN_')) throw invalid(`env.${name}`, 'must be a variable name, not starting with KILN_');
         const bad = envProblem(v as Record<string, string>);

@@ -171,6 +171,7 @@ describe('auth', () => {
     const one = await call('GET', `/v1/sessions/${s.body.id}`, { token: reader });
     assert.equal(one.status, 200);
     const events = await fetch(`${base}/v1/sessions/${s.body.id}/events`, { headers: { authorization: `Bearer ${reader}` } });
+    assert.equal(events.headers.get('x-content-type-options'), 'nosniff', 'the reply headers set before the stream opened go out with it');
     const reading = events.body!.getReader();
     const first = new TextDecoder().decode((await reading.read()).value);
     await reading.cancel();
@@ -315,6 +316,15 @@ describe('auth edges', () => {
       assert.equal(pre.statusCode, 204);
       assert.equal(pre.headers['access-control-allow-origin'], 'https://app.example');
       assert.match(String(pre.headers['access-control-allow-headers']), /authorization/);
+      // An event stream (the response is taken over from Fastify) keeps the CORS header: a browser app can read it.
+      const admin = (await t.kiln.tokens.create({ name: 'a', scopes: ['admin'], actor: 'test' })).token;
+      const base = await t.app.listen({ port: 0, host: '127.0.0.1' });
+      const made = await fetch(`${base}/v1/sessions`, { method: 'POST', headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json' }, body: JSON.stringify({ template: 'demo-web' }) });
+      const { id } = (await made.json()) as { id: string };
+      const events = await fetch(`${base}/v1/sessions/${id}/events`, { headers: { authorization: `Bearer ${admin}`, origin: 'https://app.example' } });
+      assert.equal(events.headers.get('access-control-allow-origin'), 'https://app.example');
+      await events.body!.cancel();
+      await fetch(`${base}/v1/sessions/${id}`, { method: 'DELETE', headers: { authorization: `Bearer ${admin}` } });
       const statuses: number[] = [];
       for (let i = 0; i < 7; i++) statuses.push((await t.app.inject({ method: 'GET', url: '/v1/languages', headers: { authorization: `Bearer ${token}` } })).statusCode);
       assert.deepEqual(statuses.slice(0, 5), [200, 200, 200, 200, 200]);

@@ -189,6 +189,9 @@ describe('sessions', () => {
       [{ template: 'demo-web', env: { A: 1 } }, /env/],
       [{ template: 'demo-web', env: { KILN_BASE_URL: 'x' } }, /env\.KILN_BASE_URL/],
       [{ template: 'demo-web', colour: 1 }, /colour/],
+      // Metadata is stored and repeated in every listing and event: each value is capped.
+      [{ template: 'demo-web', metadata: { notes: 'x'.repeat(1025) } }, /metadata\.notes: at most 1024 characters/],
+      [{ template: 'demo-web', metadata: { ['k'.repeat(129)]: 'v' } }, /metadata: key .* longer than 128/],
     ] as const) {
       const r = await api('POST', '/v1/sessions', body);
       assert.equal(r.status, 400, JSON.stringify(body));
@@ -245,7 +248,8 @@ describe('sessions', () => {
     assert.equal(e.status, 200);
     for (const id of [...ids, cold.body.id]) await api('DELETE', `/v1/sessions/${id}`);
     const metrics = await (await fetch(`${base}/metrics`)).text();
-    assert.match(metrics, /kiln_sessions\{status="stopped"\} \d+/);
+    // Every status has a series, 0 when it has no sessions (an alert on ready == 0 must be able to fire).
+    for (const status of ['starting', 'ready', 'stopping', 'stopped', 'failed']) assert.match(metrics, new RegExp(`kiln_sessions\\{status="${status}"\\} \\d+`), status);
     assert.match(metrics, /kiln_pool_sandboxes\{template="demo-web",state="ready"\} \d+/);
     assert.match(metrics, /kiln_session_claim_seconds_count\{template="demo-web",from_pool="true"\} [1-9]/);
     assert.match(metrics, /kiln_session_claim_seconds_count\{template="demo-web",from_pool="false"\} [1-9]/);
