@@ -544,30 +544,44 @@ export class SessionService {
     const s = await this.ready(id, principal);
     const { spec } = this.deps.runtimes.specFor(s.template);
     const timeoutMs = (b.timeoutMs as number | undefined) ?? this.deps.config.runs.defaults.wallMs;
-    s.openSockets++;
-    try {
-      const result = await s.warm.sandbox.exec({
+    return this.whileInUse(s, 'the command ran', () =>
+      s.warm.sandbox.exec({
         command: b.command as string[],
         stdin: b.stdin as string | undefined,
         limits: { wallMs: timeoutMs, cpuMs: timeoutMs, memoryMb: spec.limits.memoryMb, pids: spec.limits.pids, outputBytes: this.deps.config.runs.defaults.outputBytes },
+      }),
+    );
+  }
+
+  async putFile(id: string, path: string, data: Buffer, principal: Principal): Promise<void> {
+    const s = await this.ready(id, principal);
+    await this.whileInUse(s, `${path} was written`, () => s.warm.sandbox.putFile(path, data));
+  }
+
+  async getFile(id: string, path: string, principal: Principal): Promise<Buffer> {
+    const s = await this.ready(id, principal);
+    const data = await this.whileInUse(s, `${path} was read`, () => s.warm.sandbox.getFile(path, this.deps.config.server.bodyLimitBytes));
+    if (!data) throw notFound('file', path);
+    return data;
+  }
+
+  /**
+   * Run a call inside a ready session's sandbox, holding off idle reaping
+   * while it runs. A call cut short because the session ended gets a 409 that
+   * says so, not the kill (or the failure) it met on the way.
+   */
+  private async whileInUse<T>(s: LiveSession, what: string, call: () => Promise<T>): Promise<T> {
+    s.openSockets++;
+    try {
+      const result = await call().catch((e: unknown) => {
+        throw s.status === 'ready' ? e : endedWhile(s, what);
       });
-      // Killed because the session ended, not by its own limits: say so instead of passing on the kill.
-      if (s.status !== 'ready') throw new KilnError('session_not_ready', `session ${id} ended (${s.stopReason ?? s.status}) while the command ran`, 409);
+      if (s.status !== 'ready') throw endedWhile(s, what);
       return result;
     } finally {
       s.openSockets--;
       s.touch();
     }
-  }
-
-  async putFile(id: string, path: string, data: Buffer, principal: Principal): Promise<void> {
-    await (await this.ready(id, principal)).warm.sandbox.putFile(path, data);
-  }
-
-  async getFile(id: string, path: string, principal: Principal): Promise<Buffer> {
-    const data = await (await this.ready(id, principal)).warm.sandbox.getFile(path, this.deps.config.server.bodyLimitBytes);
-    if (!data) throw notFound('file', path);
-    return data;
   }
 
   poolViews(): PoolView[] {
@@ -584,6 +598,10 @@ export class SessionService {
     await Promise.all(this.coldStarts);
     await pools;
   }
+}
+
+function endedWhile(s: LiveSession, what: string): KilnError {
+  return new KilnError('session_not_ready', `session ${s.id} ended (${s.stopReason ?? s.status}) while ${what}`, 409);
 }
 
 /** A template whose limits exceed the node's whole budget: no retry helps (no Retry-After), the config must change. */

@@ -223,6 +223,21 @@ describe('session lifecycle edges', () => {
     });
   });
 
+  test('a file call cut short because its session ended is a 409 that says so', async () => {
+    await withKiln(config({ w: {} }), async (k, api, base) => {
+      const s = await api('POST', '/v1/sessions', { template: 'w' });
+      await eventually(async () => (await api('GET', `/v1/sessions/${s.body.id}`)).body.status === 'ready', 'never ready');
+      assert.equal((await api('POST', `/v1/sessions/${s.body.id}/exec`, { command: ['mkfifo', 'pipe'] })).status, 200);
+      // Blocks opening the FIFO until the session's end kills the writer.
+      const put = fetch(`${base}/v1/sessions/${s.body.id}/files/pipe`, { method: 'PUT', body: 'never read' });
+      await sleep(500);
+      await api('DELETE', `/v1/sessions/${s.body.id}`);
+      const r = await put;
+      assert.equal(r.status, 409);
+      assert.match((await r.json()).error.message, /ended \(deleted\) while pipe was written/);
+    });
+  });
+
   test('shutdown starts no sandbox to refill a pool; a failing template\'s back-off holds no start that shutdown would wait for', async () => {
     const c = config({ w: { pool: { min: 2, max: 8 } }, broken: { command: ['false'], pool: { min: 1, max: 2 } } });
     const k = await startTestKiln(c);

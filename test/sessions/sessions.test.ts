@@ -139,8 +139,11 @@ describe('sessions', () => {
         await api('DELETE', `/v1/sessions/${s.body.id}`);
       });
 
-      test('exec and files work in the session sandbox; bad input is a 400 naming the field', async () => {
+      test('exec and files work in the session sandbox; bad input is a 400 naming the field; a file call that cannot finish is a 504', async () => {
         const s = await api('POST', '/v1/sessions', { template });
+        // A writer opening a FIFO no one reads blocks until the file call's deadline (10 s) ends it.
+        assert.equal((await api('POST', `/v1/sessions/${s.body.id}/exec`, { command: ['mkfifo', 'pipe'] })).status, 200);
+        const blocked = fetch(`${base}/v1/sessions/${s.body.id}/files/pipe`, { method: 'PUT', body: 'never read' });
         const put = await fetch(`${base}/v1/sessions/${s.body.id}/files/data/in.txt`, { method: 'PUT', body: 'hello file' });
         assert.equal(put.status, 204);
         const ex = await api('POST', `/v1/sessions/${s.body.id}/exec`, { command: ['sh', '-c', 'cat data/in.txt; echo; id -u; python3 -c "import urllib.request as u; print(u.urlopen(\'http://127.0.0.1:8080/info\').status)"'], stdin: '' });
@@ -162,6 +165,10 @@ describe('sessions', () => {
           assert.equal(r.status, 400);
           assert.match(r.body.error.message, field);
         }
+        const timedOut = await blocked;
+        assert.equal(timedOut.status, 504);
+        assert.match((await timedOut.json()).error.message, /cannot write pipe: not done within 10 s/);
+        assert.equal((await fetch(`${base}${s.body.url}info`)).status, 200, 'the session lives on');
         await api('DELETE', `/v1/sessions/${s.body.id}`);
       });
 

@@ -24,6 +24,7 @@ import { Writable } from 'node:stream';
 import { KilnError } from '../../errors.js';
 import { CappedBuffer } from '../../sandbox/output.js';
 import { checkRelativePath } from '../../sandbox/paths.js';
+import { FILE_CALL_MS, fileCallFailed } from '../../sandbox/files.js';
 import type { ExecKill, ExecRequest, ExecResult, PortLink, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
 import { WORK_DIR } from '../types.js';
 import { decodeExit, readKey, readNumber as readNum } from '../kernel.js';
@@ -489,7 +490,7 @@ class DockerSandbox implements Sandbox {
       stdin: data,
       limits: fileLimits(this.current),
     });
-    if (r.exitCode !== 0) throw new KilnError('file_write_failed', `cannot write ${rel}: ${r.stderr.toString().trim() || `exit ${r.exitCode}`}`, 400);
+    if (r.exitCode !== 0) throw fileCallFailed('write', rel, r);
   }
 
   async getFile(path: string, maxBytes: number): Promise<Buffer | undefined> {
@@ -498,9 +499,9 @@ class DockerSandbox implements Sandbox {
       command: ['/bin/sh', '-c', '[ -f "$1" ] || exit 3; exec head -c "$2" -- "$1"', 'get', rel, String(maxBytes + 1)],
       limits: { ...fileLimits(this.current), outputBytes: maxBytes + 1 },
     });
-    if (r.exitCode === 3) return undefined;
-    if (r.exitCode !== 0) throw new KilnError('file_read_failed', `cannot read ${rel}: ${r.stderr.toString().trim() || `exit ${r.exitCode}`}`, 400);
     if (r.stdout.length > maxBytes) throw new KilnError('file_too_large', `${rel} is larger than ${maxBytes} bytes`, 413);
+    if (r.exitCode === 3) return undefined;
+    if (r.exitCode !== 0) throw fileCallFailed('read', rel, r);
     return r.stdout;
   }
 
@@ -578,7 +579,7 @@ function engineWait(socketPath: string, id: string): Promise<boolean> {
 
 /** Keep the container's current limits: file copies run under what the sandbox has. */
 function fileLimits(current: { memoryMb: number; pids: number }) {
-  return { wallMs: 10000, cpuMs: 10000, memoryMb: current.memoryMb, pids: current.pids, outputBytes: 64 * 1024 };
+  return { wallMs: FILE_CALL_MS, cpuMs: FILE_CALL_MS, memoryMb: current.memoryMb, pids: current.pids, outputBytes: 64 * 1024 };
 }
 
 /** The container's cgroup files, read directly: cgroupfs or systemd driver, v1 or v2. */

@@ -18,6 +18,7 @@ import { promisify } from 'node:util';
 import { KilnError } from '../../errors.js';
 import { CappedBuffer, CappedTail } from '../../sandbox/output.js';
 import { checkRelativePath } from '../../sandbox/paths.js';
+import { FILE_CALL_MS, fileCallFailed } from '../../sandbox/files.js';
 import type { ExecKill, ExecRequest, ExecResult, PortLink, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
 import { WORK_DIR } from '../types.js';
 import { Cgroup, detectCgroupMode, listChildren, type CgroupMode } from './cgroups.js';
@@ -538,7 +539,7 @@ class ProcessSandbox implements Sandbox {
       stdin: data,
       limits: fileLimits(this.spec.limits.memoryMb),
     });
-    if (r.exitCode !== 0) throw new KilnError('file_write_failed', `cannot write ${rel}: ${r.stderr.toString().trim() || `exit ${r.exitCode}`}`, 400);
+    if (r.exitCode !== 0) throw fileCallFailed('write', rel, r);
   }
 
   async getFile(path: string, maxBytes: number): Promise<Buffer | undefined> {
@@ -548,9 +549,9 @@ class ProcessSandbox implements Sandbox {
       command: ['/bin/sh', '-c', '[ -f "$1" ] || exit 3; exec head -c "$2" -- "$1"', 'get', rel, String(maxBytes + 1)],
       limits: { ...fileLimits(this.spec.limits.memoryMb), outputBytes: maxBytes + 1 },
     });
-    if (r.exitCode === 3) return undefined;
-    if (r.exitCode !== 0) throw new KilnError('file_read_failed', `cannot read ${rel}: ${r.stderr.toString().trim() || `exit ${r.exitCode}`}`, 400);
     if (r.stdout.length > maxBytes) throw new KilnError('file_too_large', `${rel} is larger than ${maxBytes} bytes`, 413);
+    if (r.exitCode === 3) return undefined;
+    if (r.exitCode !== 0) throw fileCallFailed('read', rel, r);
     return r.stdout;
   }
 
@@ -574,7 +575,7 @@ class ProcessSandbox implements Sandbox {
 }
 
 function fileLimits(memoryMb: number) {
-  return { wallMs: 10000, cpuMs: 10000, memoryMb: Math.min(64, memoryMb), pids: 8, outputBytes: 64 * 1024 };
+  return { wallMs: FILE_CALL_MS, cpuMs: FILE_CALL_MS, memoryMb: Math.min(64, memoryMb), pids: 8, outputBytes: 64 * 1024 };
 }
 
 async function chownTree(root: string, relDir: string, uid: number, gid: number): Promise<void> {
