@@ -14,7 +14,7 @@ import { dropBackend } from '../proxy/backends.js';
 import { SessionOrigins, sessionUrl } from '../proxy/origin.js';
 import type { Runtimes } from '../runtimes/index.js';
 import type { ExecResult } from '../runtimes/types.js';
-import type { Db } from '../store/db.js';
+import type { Db, SessionsTable } from '../store/db.js';
 import { sql } from 'kysely';
 import { can, sees, type Principal } from '../auth/principal.js';
 import { argvProblem, envProblem } from '../sandbox/argv.js';
@@ -488,20 +488,7 @@ export class SessionService {
     }
     const row = await this.deps.db.selectFrom('sessions').selectAll().where('id', '=', id).executeTakeFirst();
     if (!row || !sees(principal, row.owner)) throw notFound('session', id);
-    return {
-      id: row.id,
-      template: row.template,
-      status: row.status as SessionStatus,
-      ...(row.stop_reason ? { stopReason: row.stop_reason as StopReason } : {}),
-      fromPool: row.from_pool === 1,
-      createdAt: row.created_at,
-      expiresAt: row.expires_at,
-      lastActivityAt: row.last_activity_at,
-      idleTimeoutS: row.idle_timeout_s,
-      owner: row.owner,
-      ...(row.stopped_at ? { stoppedAt: row.stopped_at } : {}),
-      ...(row.error ? { error: row.error } : {}),
-    };
+    return storedView(row);
   }
 
   /** Live sessions and those stopped within `stalePeriodS`. */
@@ -598,6 +585,26 @@ export class SessionService {
     await Promise.all(this.coldStarts);
     await pools;
   }
+}
+
+/** A session no longer in memory (ended past `stalePeriodS`, or before a restart), as the store holds it. */
+function storedView(row: SessionsTable): SessionView {
+  return {
+    id: row.id,
+    template: row.template,
+    status: row.status as SessionStatus,
+    ...(row.stop_reason ? { stopReason: row.stop_reason as StopReason } : {}),
+    fromPool: row.from_pool === 1,
+    ...(row.metadata ? { metadata: JSON.parse(row.metadata) as Record<string, string> } : {}),
+    createdAt: row.created_at,
+    ...(row.ready_at ? { readyAt: row.ready_at } : {}),
+    expiresAt: row.expires_at,
+    lastActivityAt: row.last_activity_at,
+    idleTimeoutS: row.idle_timeout_s,
+    owner: row.owner,
+    ...(row.stopped_at ? { stoppedAt: row.stopped_at } : {}),
+    ...(row.error ? { error: row.error } : {}),
+  };
 }
 
 function endedWhile(s: LiveSession, what: string): KilnError {

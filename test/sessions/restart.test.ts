@@ -49,7 +49,7 @@ test('SIGKILL then restart: orphans are reaped on both runtimes and sessions rea
   let server = await startServer(dir, port);
   try {
     await poolsReady(server.url, { 'demo-web': 2, 'demo-docker': 1 });
-    const create = async () => (await (await fetch(`${server.url}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"template":"demo-web"}' })).json()) as { id: string; url: string };
+    const create = async () => (await (await fetch(`${server.url}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"template":"demo-web","metadata":{"course":"cs101"}}' })).json()) as { id: string; url: string; readyAt: string };
     const created = await create();
     const beingDeleted = await create();
     assert.equal((await fetch(`${server.url}${created.url}info`)).status, 200);
@@ -74,9 +74,10 @@ test('SIGKILL then restart: orphans are reaped on both runtimes and sessions rea
     const pools = (await (await fetch(`${server.url}/v1/pools`)).json()) as { template: string; ready: number; starting: number; claimed: number }[];
     const dockerPool = pools.find((p) => p.template === 'demo-docker')!;
     assert.ok(after.length <= dockerPool.ready + dockerPool.starting, `only the new pool's containers exist: ${JSON.stringify(after.map((c) => [c.Names, c.State]))} ${JSON.stringify(dockerPool)}`);
-    type Ended = { status: string; stopReason: string; error?: string; url?: string };
+    type Ended = { status: string; stopReason: string; error?: string; url?: string; metadata?: Record<string, string>; readyAt?: string };
     const session = (await (await fetch(`${server.url}/v1/sessions/${created.id}`)).json()) as Ended;
     assert.equal(session.status, 'stopped');
+    assert.deepEqual([session.metadata, session.readyAt], [{ course: 'cs101' }, created.readyAt], 'read from the store, it keeps what it was created with');
     assert.equal(session.stopReason, 'shutdown');
     assert.match(session.error ?? '', /kiln stopped without ending this session/);
     assert.equal(session.url, undefined);
