@@ -57,10 +57,9 @@ export async function startWarm(
   const { runtime, spec } = runtimes.specFor(templateName);
   const started = performance.now();
   const startCpus = config.sessions.startCpus > spec.limits.cpus ? { startCpus: config.sessions.startCpus } : {};
-  const sandbox = await runtime.create({
-    ...spec,
-    main: { command: t.command, env: { ...extraEnv, KILN_BASE_URL: config.sessions.origin ? '/' : `/s/${token}/`, KILN_PORT: String(t.port) }, ...startCpus },
-  });
+  // The sandbox's env, not only the server's: an exec beside the server sees what it sees, on every runtime.
+  const env = { ...spec.env, ...extraEnv, KILN_BASE_URL: config.sessions.origin ? '/' : `/s/${token}/`, KILN_PORT: String(t.port) };
+  const sandbox = await runtime.create({ ...spec, env, main: { command: t.command, ...startCpus } });
   try {
     // The link is made now, beside the server's own start-up (a gVisor relay takes a while): only the first probe needs it.
     const pending = sandbox.portLink(t.port);

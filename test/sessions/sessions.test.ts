@@ -251,8 +251,10 @@ describe('sessions', () => {
     assert.equal(cold.body.status, 'starting');
     // A browser arriving while it starts waits instead of getting an error.
     assert.equal((await fetch(`${base}${cold.body.url}`)).status, 200);
-    const e = await api('POST', `/v1/sessions/${cold.body.id}/exec`, { command: ['sh', '-c', 'tr "\\0" "\\n" < /proc/1/environ | grep -c GREETING || true'] });
-    assert.equal(e.status, 200);
+    // The request's env reaches the server and every exec beside it.
+    const { pid } = await (await fetch(`${base}${cold.body.url}info`)).json();
+    const e = await api('POST', `/v1/sessions/${cold.body.id}/exec`, { command: ['sh', '-c', 'tr "\\0" "\\n" < /proc/$0/environ | grep ^GREETING=; printenv GREETING KILN_PORT', String(pid)] });
+    assert.equal(e.body.stdout, 'GREETING=hi\nhi\n8080\n', JSON.stringify(e.body));
     for (const id of [...ids, cold.body.id]) await api('DELETE', `/v1/sessions/${id}`);
     const metrics = await (await fetch(`${base}/metrics`)).text();
     // Every status has a series, 0 when it has no sessions (an alert on ready == 0 must be able to fire).
