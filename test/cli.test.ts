@@ -170,6 +170,17 @@ test('kiln token create|ls|revoke on the local store; the server takes the token
     const ok = kiln(['runs', 'create', 'six.py', '-l', 'python'], { KILN_URL: base, KILN_TOKEN: token });
     assert.equal(ok.stdout, '6\n', ok.stderr);
     const id = /tok_[0-9a-f]{12}/.exec(ls.stdout)![0];
+    // A read-only view of the judge's runs: a token acting for it.
+    const view = kiln(['token', 'create', '--data-dir', data, '--scope', 'runs:read', '--acts-for', id, '--name', 'judge-view']);
+    assert.match(view.stderr, new RegExp(`\\(runs:read, acting for token:${id}\\)`), view.stderr);
+    assert.match(kiln(['token', 'ls', '--data-dir', data]).stdout, new RegExp(`judge-view\\s+runs:read for token:${id}\\s+active`));
+    const run = (await (await fetch(`${base}/v1/runs`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ language: 'python', files: [{ name: 'a.py', content: 'print(7)' }] }) })).json()) as { id: string };
+    const seen = kiln(['runs', 'get', run.id], { KILN_URL: base, KILN_TOKEN: view.stdout.trim() });
+    assert.equal(seen.status, 0, seen.stderr);
+    assert.match(seen.stdout, /7/);
+    const unknown = kiln(['token', 'create', '--data-dir', data, '--scope', 'runs:read', '--acts-for', 'tok_000000000000']);
+    assert.equal(unknown.status, 2);
+    assert.equal(unknown.stderr, 'kiln: actsFor: no live token tok_000000000000\n');
     assert.equal(kiln(['token', 'revoke', '--data-dir', data, id]).stdout, `${id} revoked\n`);
     const after = kiln(['runs', 'create', 'six.py', '-l', 'python'], { KILN_URL: base, KILN_TOKEN: token });
     assert.match(after.stderr, /^kiln: token unknown, revoked or expired/);

@@ -66,7 +66,8 @@ export class Authenticator {
     if (secret.startsWith(TOKEN_PREFIX)) {
       const t = await this.opts.tokens.verify(secret);
       if (!t) throw unauthorized('token unknown, revoked or expired');
-      return { id: `token:${t.id}`, kind: 'token', scopes: new Set(t.scopes), ...(t.limits ? { limits: t.limits } : {}) };
+      const own = `token:${t.id}`;
+      return { id: t.actsFor ?? own, kind: 'token', scopes: new Set(t.scopes), ...(t.limits ? { limits: t.limits } : {}), ...(t.actsFor ? { credential: own } : {}) };
     }
     if (secret.split('.').length === 3) {
       if (!this.opts.jwt) throw unauthorized('JWTs are not accepted here (auth.jwt is not configured)');

@@ -87,7 +87,7 @@ export function installEdge(app: FastifyInstance, opts: EdgeOptions): void {
     app.addHook('preHandler', async (req) => {
       // Probes, and the one local user of a loopback server without auth, are never throttled.
       if (req.url === '/healthz' || req.url === '/readyz' || req.principal?.kind === 'local') return;
-      const wait = limiter.take(req.principal?.id ?? req.ip);
+      const wait = limiter.take(req.principal?.credential ?? req.principal?.id ?? req.ip);
       if (wait > 0) throw new KilnError('rate_limited', `more than ${opts.rateLimitPerMinute} requests a minute; retry in ${wait} s`, 429, { retryAfterS: wait });
     });
   }

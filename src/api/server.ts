@@ -90,7 +90,7 @@ export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<Fasti
   app.get('/v1/info', async (req) => ({
     version: VERSION,
     instanceId: kiln.instanceId,
-    auth: { required: authenticator.enabled, jwt: kiln.config.auth.jwt?.algorithm ?? null, you: { id: req.principal.id, scopes: [...req.principal.scopes] } },
+    auth: { required: authenticator.enabled, jwt: kiln.config.auth.jwt?.algorithm ?? null, you: { id: req.principal.id, scopes: [...req.principal.scopes], ...(req.principal.credential ? { credential: req.principal.credential } : {}) } },
     runtimes: await kiln.runtimes.checkAll(),
     budget: kiln.budget.snapshot(),
     queue: { depth: kiln.runs.queue.depth, running: kiln.runs.queue.running, max: kiln.config.runs.queueMax },

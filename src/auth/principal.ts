@@ -32,6 +32,8 @@ export interface Principal {
   kind: 'token' | 'jwt' | 'anonymous' | 'local';
   scopes: ReadonlySet<Scope>;
   limits?: LimitCaps;
+  /** The credential itself (`token:<id>`) when it acts for `id`, another principal: rate limits count it on its own. */
+  credential?: string;
 }
 
 export const LOCAL: Principal = { id: 'local', kind: 'local', scopes: new Set(['admin']) };

@@ -7,9 +7,11 @@ export interface TokenRequest {
   scopes: Scope[];
   ttlS?: number;
   limits?: LimitCaps;
+  /** Id of the token whose runs and sessions this one sees and acts on (within its own scopes). */
+  actsFor?: string;
 }
 
-const KEYS = new Set(['name', 'scopes', 'ttlS', 'limits']);
+const KEYS = new Set(['name', 'scopes', 'ttlS', 'limits', 'actsFor']);
 
 export function parseTokenRequest(body: unknown): TokenRequest {
   if (body === null || typeof body !== 'object' || Array.isArray(body)) throw invalid('body', 'must be a JSON object');
@@ -26,6 +28,10 @@ export function parseTokenRequest(body: unknown): TokenRequest {
   }
   const limits = parseLimitCaps(b.limits, 'limits');
   if (limits) req.limits = limits;
+  if (b.actsFor !== undefined && b.actsFor !== null) {
+    if (typeof b.actsFor !== 'string' || !/^tok_[0-9a-f]{12}$/.test(b.actsFor)) throw invalid('actsFor', 'must be a token id like tok_1a2b3c4d5e6f');
+    req.actsFor = b.actsFor;
+  }
   return req;
 }
 

@@ -31,7 +31,7 @@ async function withLocalStore<T>(config: KilnConfig, f: (tokens: TokenStore) => 
 const actor = () => `cli:${userInfo().username}`;
 
 function printTokens(list: TokenView[]): void {
-  const rows = list.map((t) => [t.id, t.name, t.scopes.join(','), t.revokedAt ? 'revoked' : t.expiresAt && t.expiresAt <= new Date().toISOString() ? 'expired' : 'active', t.expiresAt ?? 'never', t.lastUsedAt ?? '-']);
+  const rows = list.map((t) => [t.id, t.name, t.scopes.join(',') + (t.actsFor ? ` for ${t.actsFor}` : ''), t.revokedAt ? 'revoked' : t.expiresAt && t.expiresAt <= new Date().toISOString() ? 'expired' : 'active', t.expiresAt ?? 'never', t.lastUsedAt ?? '-']);
   const head = ['ID', 'NAME', 'SCOPES', 'STATE', 'EXPIRES', 'LAST USED'];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   for (const r of [head, ...rows]) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
@@ -47,7 +47,8 @@ export function registerTokenCommands(program: Command, serverOptions: (c: Comma
     .option('--scope <scope>', 'a scope it grants (repeatable): runs:read runs:write sessions:read sessions:write jobs:read jobs:write admin', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--ttl <duration>', 'lifetime: 30d, 12h, 90m, 3600s or never', '90d')
     .option('--limit <key=value>', 'cap on what its holder may ask for, e.g. memoryMb=256 (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .action(async (o: Flags & { name: string; scope: string[]; ttl: string; limit: string[] }) => {
+    .option('--acts-for <token id>', "see and act on that token's runs and sessions (within this token's scopes), e.g. a read-only view of them")
+    .action(async (o: Flags & { name: string; scope: string[]; ttl: string; limit: string[]; actsFor?: string }) => {
       const limits: Record<string, number> = {};
       for (const kv of o.limit) {
         const [k, v] = kv.split('=');
@@ -55,7 +56,7 @@ export function registerTokenCommands(program: Command, serverOptions: (c: Comma
         limits[k] = Number(v);
       }
       const ttlS = parseTtl(o.ttl);
-      const body = { name: o.name, scopes: o.scope, ...(ttlS !== undefined ? { ttlS } : {}), ...(o.limit.length ? { limits } : {}) };
+      const body = { name: o.name, scopes: o.scope, ...(ttlS !== undefined ? { ttlS } : {}), ...(o.limit.length ? { limits } : {}), ...(o.actsFor !== undefined ? { actsFor: o.actsFor } : {}) };
       const req = parseTokenRequest(body);
       const made = o.remote
         ? await api<TokenView & { token: string }>('POST', '/v1/tokens', body)
@@ -63,7 +64,7 @@ export function registerTokenCommands(program: Command, serverOptions: (c: Comma
             const r = await t.create({ ...req, actor: actor() });
             return { ...r.view, token: r.token };
           });
-      process.stderr.write(`kiln: token ${made.id} (${made.scopes.join(', ')}), expires ${made.expiresAt ?? 'never'}; it is shown only now\n`);
+      process.stderr.write(`kiln: token ${made.id} (${made.scopes.join(', ')}${made.actsFor ? `, acting for ${made.actsFor}` : ''}), expires ${made.expiresAt ?? 'never'}; it is shown only now\n`);
       process.stdout.write(`${made.token}\n`);
     });
 

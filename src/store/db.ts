@@ -62,6 +62,8 @@ export interface TokensTable {
   expires_at: string | null;
   revoked_at: string | null;
   last_used_at: string | null;
+  /** A token acting for another principal (`token:<id>`): it sees what that one owns, within its own scopes. */
+  acts_for: string | null;
 }
 
 export interface AuditTable {
@@ -171,6 +173,12 @@ migrations['0003_auth'] = {
     await db.schema.alterTable('runs').addColumn('owner', 'text', (c) => c.notNull().defaultTo('local')).execute();
     await db.schema.alterTable('sessions').addColumn('owner', 'text', (c) => c.notNull().defaultTo('local')).execute();
     await db.schema.createIndex('sessions_owner').on('sessions').column('owner').execute();
+  },
+};
+
+migrations['0004_token_acts_for'] = {
+  async up(db) {
+    await db.schema.alterTable('tokens').addColumn('acts_for', 'text').execute();
   },
 };
 

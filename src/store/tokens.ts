@@ -6,7 +6,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Db } from './db.js';
 import type { LimitCaps, Scope } from '../auth/principal.js';
-import { notFound } from '../errors.js';
+import { invalid, notFound } from '../errors.js';
 
 export const TOKEN_PREFIX = 'kiln_';
 
@@ -20,12 +20,15 @@ export interface TokenView {
   expiresAt?: string;
   revokedAt?: string;
   lastUsedAt?: string;
+  /** The principal whose runs and sessions it sees and acts on (`token:<id>`), within its own scopes. */
+  actsFor?: string;
 }
 
 export interface TokenRecord {
   id: string;
   scopes: Scope[];
   limits?: LimitCaps;
+  actsFor?: string;
 }
 
 export interface AuditEntry {
@@ -47,7 +50,8 @@ export class TokenStore {
   constructor(private readonly db: Db) {}
 
   /** Make a token; the secret is in the answer and nowhere else. */
-  async create(opts: { name: string; scopes: Scope[]; limits?: LimitCaps; ttlS?: number; actor: string; address?: string }): Promise<{ token: string; view: TokenView }> {
+  async create(opts: { name: string; scopes: Scope[]; limits?: LimitCaps; ttlS?: number; actsFor?: string; actor: string; address?: string }): Promise<{ token: string; view: TokenView }> {
+    const actsFor = opts.actsFor === undefined ? null : await this.principalOf(opts.actsFor, opts.scopes);
     const id = `tok_${randomBytes(6).toString('hex')}`;
     const token = TOKEN_PREFIX + randomBytes(32).toString('base64url');
     const now = new Date();
@@ -62,9 +66,10 @@ export class TokenStore {
       expires_at: opts.ttlS === undefined ? null : new Date(now.getTime() + opts.ttlS * 1000).toISOString(),
       revoked_at: null,
       last_used_at: null,
+      acts_for: actsFor,
     };
     await this.db.insertInto('tokens').values(row).execute();
-    await this.audit({ actor: opts.actor, action: 'token.create', target: id, detail: { name: opts.name, scopes: opts.scopes, expiresAt: row.expires_at }, address: opts.address });
+    await this.audit({ actor: opts.actor, action: 'token.create', target: id, detail: { name: opts.name, scopes: opts.scopes, expiresAt: row.expires_at, ...(actsFor ? { actsFor } : {}) }, address: opts.address });
     return { token, view: toView(row) };
   }
 
@@ -80,7 +85,20 @@ export class TokenStore {
       this.lastUsedWritten.set(row.id, now);
       await this.db.updateTable('tokens').set({ last_used_at: new Date(now).toISOString() }).where('id', '=', row.id).execute();
     }
-    return { id: row.id, scopes: JSON.parse(row.scopes) as Scope[], ...(row.limits ? { limits: JSON.parse(row.limits) as LimitCaps } : {}) };
+    return { id: row.id, scopes: JSON.parse(row.scopes) as Scope[], ...(row.limits ? { limits: JSON.parse(row.limits) as LimitCaps } : {}), ...(row.acts_for ? { actsFor: row.acts_for } : {}) };
+  }
+
+  /**
+   * The principal a new token acting for token `id` stands for: that token's
+   * own, or the one it acts for in turn (no chains to follow at request time).
+   */
+  private async principalOf(id: string, scopes: Scope[]): Promise<string> {
+    // An admin sees everything already; one acting for another would be audited under the other's name.
+    if (scopes.includes('admin')) throw invalid('actsFor', 'an admin token sees everything already; give a token acting for another narrower scopes');
+    const row = await this.db.selectFrom('tokens').select(['id', 'scopes', 'revoked_at', 'expires_at', 'acts_for']).where('id', '=', id).executeTakeFirst();
+    if (!row || row.revoked_at || (row.expires_at && row.expires_at <= new Date().toISOString())) throw invalid('actsFor', `no live token ${id}`);
+    if ((JSON.parse(row.scopes) as Scope[]).includes('admin')) throw invalid('actsFor', `${id} is an admin token; act for a principal with its own runs and sessions`);
+    return row.acts_for ?? `token:${row.id}`;
   }
 
   async list(): Promise<TokenView[]> {
@@ -125,7 +143,7 @@ export class TokenStore {
   }
 }
 
-function toView(row: { id: string; name: string; scopes: string; limits: string | null; created_at: string; created_by: string; expires_at: string | null; revoked_at: string | null; last_used_at: string | null }): TokenView {
+function toView(row: { id: string; name: string; scopes: string; limits: string | null; created_at: string; created_by: string; expires_at: string | null; revoked_at: string | null; last_used_at: string | null; acts_for: string | null }): TokenView {
   return {
     id: row.id,
     name: row.name,
@@ -136,5 +154,6 @@ function toView(row: { id: string; name: string; scopes: string; limits: string 
     ...(row.expires_at ? { expiresAt: row.expires_at } : {}),
     ...(row.revoked_at ? { revokedAt: row.revoked_at } : {}),
     ...(row.last_used_at ? { lastUsedAt: row.last_used_at } : {}),
+    ...(row.acts_for ? { actsFor: row.acts_for } : {}),
   };
 }

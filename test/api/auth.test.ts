@@ -195,6 +195,39 @@ describe('auth', () => {
     assert.equal((await call('DELETE', `/v1/sessions/${s.body.id}`, { token: writer })).status, 200);
   });
 
+  test('a token acting for another sees and acts on its runs and sessions, within its own scopes', async () => {
+    const ids = Object.fromEntries((await t.kiln.tokens.list()).map((x) => [x.name, x.id]));
+    const made = await call('POST', '/v1/tokens', { token: tok.admin, body: { name: 'alice-view', scopes: ['sessions:read', 'runs:read'], actsFor: ids.alice } });
+    assert.equal(made.status, 201, JSON.stringify(made.body));
+    assert.equal(made.body.actsFor, `token:${ids.alice}`);
+    const view = made.body.token as string;
+    const info = await call('GET', '/v1/info', { token: view });
+    assert.deepEqual([info.body.auth.you.id, info.body.auth.you.credential], [`token:${ids.alice}`, `token:${made.body.id}`]);
+    const mine = await call('POST', '/v1/sessions', { token: tok.alice, body: { template: 'demo-web' } });
+    const bobs = await call('POST', '/v1/sessions', { token: tok.bob, body: { template: 'demo-web' } });
+    const listed = await call('GET', '/v1/sessions', { token: view });
+    assert.deepEqual(listed.body.map((v: { id: string }) => v.id), [mine.body.id], "alice's session, not bob's");
+    assert.equal(listed.body[0].url, undefined, 'read-only: no URL secret');
+    assert.equal((await call('GET', `/v1/sessions/${mine.body.id}`, { token: view })).status, 200);
+    assert.equal((await call('GET', `/v1/sessions/${bobs.body.id}`, { token: view })).status, 404);
+    assert.equal((await call('POST', `/v1/sessions/${mine.body.id}/exec`, { token: view, body: { command: ['id'] } })).status, 403, 'its own scopes hold');
+    assert.equal((await call('DELETE', `/v1/sessions/${mine.body.id}`, { token: view })).status, 403);
+    // Acting for a token that acts for alice is acting for alice.
+    const chained = await call('POST', '/v1/tokens', { token: tok.admin, body: { scopes: ['sessions:read'], actsFor: made.body.id } });
+    assert.equal(chained.body.actsFor, `token:${ids.alice}`);
+    for (const [body, message] of [
+      [{ scopes: ['sessions:read'], actsFor: 'tok_000000000000' }, /actsFor: no live token tok_000000000000/],
+      [{ scopes: ['sessions:read'], actsFor: 'alice' }, /actsFor: must be a token id/],
+      [{ scopes: ['admin'], actsFor: ids.alice }, /actsFor: an admin token sees everything already/],
+      [{ scopes: ['sessions:read'], actsFor: ids.admin }, /actsFor: tok_[0-9a-f]{12} is an admin token/],
+    ] as const) {
+      const r = await call('POST', '/v1/tokens', { token: tok.admin, body });
+      assert.equal(r.status, 400, JSON.stringify(body));
+      assert.match(r.body.error.message, message);
+    }
+    for (const s of [mine, bobs]) await call('DELETE', `/v1/sessions/${s.body.id}`, { token: tok.admin });
+  });
+
   test('a JWT limits claim caps what its holder may ask for', async () => {
     const token = await jwt({ sub: 'capped', scope: 'runs:write runs:read sessions:write', limits: { wallMs: 300, cpuMs: 300 } });
     const r = await call('POST', '/v1/runs', { token, body: { language: 'python', files: [{ name: 'a.py', content: 'while True: pass' }], limits: { wallMs: 20000, cpuMs: 20000 } } });
