@@ -13,6 +13,10 @@ import { startTestKiln, testConfig, type TestKiln } from '../helpers.js';
 import type { KilnConfig } from '../../src/config/schema.js';
 import type { WarmSandbox } from '../../src/pools/warm.js';
 import { followEvents } from '../../src/cli/client.js';
+import { connect } from 'node:net';
+import { startKiln } from '../../src/app.js';
+import { buildApi } from '../../src/api/server.js';
+import { LOCAL } from '../../src/auth/principal.js';
 
 const LIMITS = { cpus: 0.25, memoryMb: 128, pids: 64 };
 
@@ -236,6 +240,32 @@ describe('session lifecycle edges', () => {
       assert.equal(r.status, 409);
       assert.match((await r.json()).error.message, /ended \(deleted\) while pipe was written/);
     });
+  });
+
+  test('an event stream whose client left while an async hook ran ends at once, holding no listeners', async () => {
+    const c = config({ w: {} });
+    const kiln = await startKiln(c);
+    const app = await buildApi(kiln);
+    // Stands for any slow async hook (a store under load): the client's 'close' comes before the stream opens.
+    app.addHook('onRequest', async (req) => {
+      if (req.url.endsWith('/events')) await sleep(300);
+    });
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    try {
+      const s = await kiln.sessions.create({ template: 'w' }, LOCAL);
+      const listeners = () => (kiln.events as unknown as { emitter: import('node:events').EventEmitter }).emitter.listenerCount('session:status');
+      const before = listeners();
+      const sock = connect((app.server.address() as import('node:net').AddressInfo).port, '127.0.0.1');
+      sock.write(`GET /v1/sessions/${s.id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+      await sleep(50);
+      sock.destroy();
+      await sleep(700);
+      assert.equal(listeners(), before, 'the stream of a client already gone still listens (until the session ends)');
+      assert.equal((await kiln.sessions.get(s.id, LOCAL)).status === 'stopped', false, 'the session lives on');
+    } finally {
+      await app.close();
+      await kiln.close();
+    }
   });
 
   test('shutdown starts no sandbox to refill a pool; a failing template\'s back-off holds no start that shutdown would wait for', async () => {
