@@ -487,7 +487,7 @@ function traceColdStarts(kiln: Kiln): { reset(): void; last(): ColdTrace | undef
   runtime.create = async (spec: SandboxSpec): Promise<Sandbox> => {
     const t0 = performance.now();
     const sb = await create.call(runtime, spec);
-    if (spec.main?.env?.X !== COLD_ENV.X) return sb;
+    if (spec.env?.X !== COLD_ENV.X) return sb;
     const t1 = performance.now();
     cur.createMs = t1 - t0;
     const portListening = sb.portListening;

@@ -2,7 +2,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -126,6 +126,24 @@ test('kiln serve answers over HTTP and kiln runs create talks to it', async () =
     const ex = await cli(['session', 'exec', id!, '--', 'sh', '-c', 'echo from-session; exit 4']);
     assert.equal(ex.out, 'from-session\n');
     assert.equal(ex.code, 4);
+    // Files both ways: in from a file, out to stdout and into a directory under the file's name.
+    writeFileSync(join(dir, 'in.txt'), 'to the session\n');
+    assert.deepEqual(await cli(['session', 'cp', 'in.txt', `${id}:data/in.txt`]), { code: 0, out: '', err: '' });
+    assert.equal((await cli(['session', 'exec', id!, '--', 'cat', 'data/in.txt'])).out, 'to the session\n');
+    assert.equal((await cli(['session', 'cp', `${id}:data/in.txt`, '-'])).out, 'to the session\n');
+    mkdirSync(join(dir, 'out'), { recursive: true });
+    assert.equal((await cli(['session', 'cp', `${id}:data/in.txt`, 'out'])).code, 0);
+    assert.equal(readFileSync(join(dir, 'out', 'in.txt'), 'utf8'), 'to the session\n');
+    for (const [args, message] of [
+      [['in.txt', 'out/x'], /^kiln: cp: exactly one of <from> and <to> must be in a session/],
+      [[`${id}:nope.txt`, '-'], /^kiln: file "nope.txt" does not exist\n$/],
+      [['no-such-file', `${id}:x`], /^kiln: cp: cannot read no-such-file: ENOENT\n$/],
+      [['in.txt', `${id}:../x`], /^kiln: cp: \S+:\.\.\/x: the path must not contain empty, "\." or "\.\." segments/],
+    ] as const) {
+      const r = await cli(['session', 'cp', ...args]);
+      assert.equal(r.code, 2, r.err);
+      assert.match(r.err, message);
+    }
     const opened = await cli(['session', 'open', 'demo-web']);
     assert.match(opened.out, new RegExp(`^${url}/s/[A-Za-z0-9_-]{22}/\n$`));
     const rm = await cli(['session', 'rm', id!]);

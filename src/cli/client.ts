@@ -11,27 +11,41 @@ export function absolute(url: string): string {
 }
 
 export async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const res = await send(method, path, body === undefined ? undefined : JSON.stringify(body), 'application/json');
+  const text = await res.text();
+  try {
+    return (text ? JSON.parse(text) : undefined) as T;
+  } catch {
+    return text as T;
+  }
+}
+
+/** Raw bytes both ways (session files). */
+export async function apiBytes(method: string, path: string, body?: Buffer): Promise<Buffer> {
+  const res = await send(method, path, body, 'application/octet-stream');
+  return Buffer.from(await res.arrayBuffer());
+}
+
+/** The answer when it is a success; otherwise the server's error, as a KilnError. */
+async function send(method: string, path: string, body: string | Buffer | undefined, contentType: string): Promise<Response> {
   const headers: Record<string, string> = {};
-  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (body !== undefined) headers['content-type'] = contentType;
   if (process.env.KILN_TOKEN) headers.authorization = `Bearer ${process.env.KILN_TOKEN}`;
   let res: Response;
   try {
-    res = await fetch(serverUrl() + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    res = await fetch(serverUrl() + path, { method, headers, body: body as BodyInit | undefined });
   } catch (e) {
     throw new KilnError('unreachable', `cannot reach the kiln server at ${serverUrl()} (set KILN_URL): ${(e as Error).cause ?? (e as Error).message}`, 0);
   }
+  if (res.ok) return res;
   const text = await res.text();
-  let parsed: unknown;
+  let err: { code: string; message: string } | undefined;
   try {
-    parsed = text ? JSON.parse(text) : undefined;
+    err = (JSON.parse(text) as { error?: { code: string; message: string } }).error;
   } catch {
-    parsed = text;
+    /* not JSON: the status says it */
   }
-  if (!res.ok) {
-    const err = (parsed as { error?: { code: string; message: string } } | undefined)?.error;
-    throw new KilnError(err?.code ?? 'http_error', err?.message ?? `HTTP ${res.status}`, res.status);
-  }
-  return parsed as T;
+  throw new KilnError(err?.code ?? 'http_error', err?.message ?? `HTTP ${res.status}`, res.status);
 }
 
 /**

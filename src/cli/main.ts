@@ -5,7 +5,8 @@
  */
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
-import { basename, extname } from 'node:path';
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import { basename, extname, join, posix } from 'node:path';
 import { stringify as toYaml } from 'yaml';
 import { loadConfig } from '../config/load.js';
 import type { KilnConfig } from '../config/schema.js';
@@ -14,12 +15,13 @@ import { startKiln } from '../app.js';
 import { buildApi, VERSION } from '../api/server.js';
 import type { Run, Stage } from '../runs/types.js';
 import type { SessionView } from '../sessions/types.js';
-import { absolute, api, followEvents, serverUrl } from './client.js';
+import { absolute, api, apiBytes, followEvents, serverUrl } from './client.js';
 import { printRun } from './output.js';
 import { LOCAL } from '../auth/principal.js';
 import { authRequired } from '../api/auth.js';
 import { registerTokenCommands } from './tokens.js';
 import { wireProblem } from '../proxy/wire.js';
+import { relativePathProblem } from '../sandbox/paths.js';
 
 interface ServerFlags {
   config?: string;
@@ -52,6 +54,22 @@ const serverOptions = (cmd: Command) =>
     .option('--data-dir <dir>', 'where the store and instance id live (default ./.kiln)');
 
 /** Language for a file: the one whose `file` has the same extension (the first configured wins). */
+/** `<session id>:<path>` (a session id is a UUID, so `./a:b` and `C:x` stay local paths). */
+function sessionPath(arg: string): { id: string; path: string } | undefined {
+  const m = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}):(.*)$/i.exec(arg);
+  if (!m) return undefined;
+  // Checked here as the server would: a URL with a ".." segment would be resolved away before it left.
+  const problem = relativePathProblem(m[2]!);
+  if (problem) throw new KilnError('invalid_flag', `cp: ${arg}: the path ${problem}`);
+  return { id: m[1]!, path: m[2]! };
+}
+
+async function readStdin(): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
+
 function languageForFile(config: KilnConfig, file: string): string {
   const ext = extname(file);
   const hit = Object.entries(config.languages).find(([, l]) => extname(l.file) === ext);
@@ -214,7 +232,7 @@ export function buildCli(): Command {
   session
     .command('create <template>')
     .description('start a session and print its id and URL')
-    .option('--env <KEY=VALUE...>', 'environment for the server (starts it cold)')
+    .option('--env <KEY=VALUE...>', 'environment for the server and every exec in it (starts it cold)')
     .option('--idle <seconds>', 'idle timeout (at most the template\'s)')
     .option('--max <seconds>', 'max duration (at most the template\'s)')
     .option('--json', 'print the session as JSON')
@@ -263,6 +281,28 @@ export function buildCli(): Command {
       process.stderr.write(r.stderr);
       const signals = (await import('node:os')).constants.signals as Record<string, number>;
       process.exitCode = r.exitCode ?? (r.signal ? 128 + (signals[r.signal] ?? 0) : 1);
+    });
+  session
+    .command('cp <from> <to>')
+    .description('copy a file into or out of a session: cp ./in.csv <id>:data/in.csv, cp <id>:out.txt . (- is stdin or stdout)')
+    .action(async (from: string, to: string) => {
+      const [src, dest] = [sessionPath(from), sessionPath(to)];
+      if (!src === !dest) throw new KilnError('invalid_flag', 'cp: exactly one of <from> and <to> must be in a session, as <session id>:<path>');
+      const filesUrl = (p: { id: string; path: string }) => `/v1/sessions/${encodeURIComponent(p.id)}/files/${p.path.split('/').map(encodeURIComponent).join('/')}`;
+      if (dest) {
+        const data = from === '-' ? await readStdin() : await readFile(from).catch((e: NodeJS.ErrnoException) => {
+          throw new KilnError('invalid_flag', `cp: cannot read ${from}: ${e.code ?? e.message}`);
+        });
+        await apiBytes('PUT', filesUrl(dest), data);
+        return;
+      }
+      const data = await apiBytes('GET', filesUrl(src!));
+      if (to === '-') return void process.stdout.write(data);
+      // Into a directory: under the file's own name, as cp does.
+      const target = (await stat(to).catch(() => undefined))?.isDirectory() ? join(to, posix.basename(src!.path)) : to;
+      await writeFile(target, data).catch((e: NodeJS.ErrnoException) => {
+        throw new KilnError('invalid_flag', `cp: cannot write ${target}: ${e.code ?? e.message}`);
+      });
     });
   session
     .command('rm <id>')
