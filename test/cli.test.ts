@@ -146,8 +146,15 @@ test('kiln serve answers over HTTP and kiln runs create talks to it', async () =
     }
     const opened = await cli(['session', 'open', 'demo-web']);
     assert.match(opened.out, new RegExp(`^${url}/s/[A-Za-z0-9_-]{22}/\n$`));
+    const watching = cli(['session', 'watch', id!]);
+    await new Promise((r) => setTimeout(r, 1500));
     const rm = await cli(['session', 'rm', id!]);
     assert.match(rm.out, /stopped \(deleted\)/);
+    const watched = await watching;
+    assert.equal(watched.code, 0, watched.err);
+    assert.match(watched.out, /^\S+Z ready\n(.*\n)*\S+Z stopped \(deleted\)\n$/, 'the current status, then each change until the end');
+    assert.deepEqual(JSON.parse((await cli(['session', 'get', id!])).out).stopReason, 'deleted');
+    assert.match((await cli(['session', 'watch', id!, '--json'])).out, /^\{"event":"stopped","data":\{"id":/, 'an ended session: its end, at once');
     const after = await cli(['session', 'ls']);
     assert.match(after.out, new RegExp(`\n${id}\\s+demo-web\\s+stopped\\s+deleted\\s+\\S+\n`), 'an ended session shows its reason and no URL');
     const bad = await cli(['session', 'create', 'nope']);

@@ -14,7 +14,7 @@ import { KilnError, messageOf } from '../errors.js';
 import { startKiln } from '../app.js';
 import { buildApi, VERSION } from '../api/server.js';
 import type { Run, Stage } from '../runs/types.js';
-import type { SessionView } from '../sessions/types.js';
+import type { SessionView, SessionWarning } from '../sessions/types.js';
 import { absolute, api, apiBytes, followEvents, serverUrl } from './client.js';
 import { printRun } from './output.js';
 import { LOCAL } from '../auth/principal.js';
@@ -281,6 +281,29 @@ export function buildCli(): Command {
       process.stderr.write(r.stderr);
       const signals = (await import('node:os')).constants.signals as Record<string, number>;
       process.exitCode = r.exitCode ?? (r.signal ? 128 + (signals[r.signal] ?? 0) : 1);
+    });
+  session
+    .command('get <id>')
+    .description('print one session as JSON (an ended one too, as the store holds it)')
+    .action(async (id: string) => {
+      process.stdout.write(`${JSON.stringify(await api<SessionView>('GET', `/v1/sessions/${encodeURIComponent(id)}`), null, 2)}\n`);
+    });
+  session
+    .command('watch <id>')
+    .description("follow a session's events (status, warnings before idle timeout or max duration) until it ends")
+    .option('--json', 'print each event as a JSON line: {"event": …, "data": …}')
+    .action(async (id: string, o: { json?: boolean }) => {
+      await followEvents(`/v1/sessions/${encodeURIComponent(id)}/events`, (event, data) => {
+        if (o.json) return void process.stdout.write(`${JSON.stringify({ event, data })}\n`);
+        const at = new Date().toISOString();
+        if (event === 'warning') {
+          const w = data as SessionWarning;
+          process.stdout.write(`${at} warning: ${w.kind === 'idle' ? 'ends if still idle' : 'reaches its max duration'} in ${w.inS} s\n`);
+        } else {
+          const v = data as SessionView;
+          process.stdout.write(`${at} ${v.status}${v.stopReason ? ` (${v.stopReason})` : ''}${v.error ? `: ${v.error}` : ''}\n`);
+        }
+      });
     });
   session
     .command('cp <from> <to>')
