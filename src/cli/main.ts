@@ -64,6 +64,9 @@ function sessionPath(arg: string): { id: string; path: string } | undefined {
   return { id: m[1]!, path: m[2]! };
 }
 
+/** Text that may carry a sandbox's output (a start failure's message), without terminal control sequences. */
+const printable = (text: string) => text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, '?');
+
 async function readStdin(): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const c of process.stdin) chunks.push(c as Buffer);
@@ -301,7 +304,7 @@ export function buildCli(): Command {
           process.stdout.write(`${at} warning: ${w.kind === 'idle' ? 'ends if still idle' : 'reaches its max duration'} in ${w.inS} s\n`);
         } else {
           const v = data as SessionView;
-          process.stdout.write(`${at} ${v.status}${v.stopReason ? ` (${v.stopReason})` : ''}${v.error ? `: ${v.error}` : ''}\n`);
+          process.stdout.write(`${at} ${v.status}${v.stopReason ? ` (${v.stopReason})` : ''}${v.error ? `: ${printable(v.error)}` : ''}\n`);
         }
       });
     });
