@@ -227,14 +227,15 @@ describe('session lifecycle edges', () => {
     });
   });
 
-  test('a file call cut short because its session ended is a 409 that says so', async () => {
-    await withKiln(config({ w: {} }), async (k, api, base) => {
+  test('a file call holds off idle reaping while it runs; one cut short because its session ended is a 409 that says so', async () => {
+    await withKiln(config({ w: { idleTimeoutS: 2 } }), async (k, api, base) => {
       const s = await api('POST', '/v1/sessions', { template: 'w' });
       await eventually(async () => (await api('GET', `/v1/sessions/${s.body.id}`)).body.status === 'ready', 'never ready');
       assert.equal((await api('POST', `/v1/sessions/${s.body.id}/exec`, { command: ['mkfifo', 'pipe'] })).status, 200);
       // Blocks opening the FIFO until the session's end kills the writer.
       const put = fetch(`${base}/v1/sessions/${s.body.id}/files/pipe`, { method: 'PUT', body: 'never read' });
-      await sleep(500);
+      await sleep(3500);
+      assert.equal(k.kiln.sessions.byIdLookup(s.body.id)?.status, 'ready', 'reaped as idle (2 s) while a file call ran');
       await api('DELETE', `/v1/sessions/${s.body.id}`);
       const r = await put;
       assert.equal(r.status, 409);
