@@ -227,6 +227,18 @@ describe('session lifecycle edges', () => {
     });
   });
 
+  test('a server that exits at once ends its session failed, with its own last words, not an internal error', async () => {
+    await withKiln(config({ dying: { command: ['sh', '-c', 'echo dying >&2; exit 3'] } }), async (k, api) => {
+      for (let i = 0; i < 3; i++) {
+        const s = await api('POST', '/v1/sessions', { template: 'dying' });
+        await eventually(async () => (await api('GET', `/v1/sessions/${s.body.id}`)).body.status === 'failed', 'never failed');
+        const v = (await api('GET', `/v1/sessions/${s.body.id}`)).body;
+        assert.equal(v.stopReason, 'failed');
+        assert.match(v.error, /^the server exited (as it started|before it was ready): dying$/, v.error);
+      }
+    });
+  });
+
   test('a file call holds off idle reaping while it runs; one cut short because its session ended is a 409 that says so', async () => {
     await withKiln(config({ w: { idleTimeoutS: 2 } }), async (k, api, base) => {
       const s = await api('POST', '/v1/sessions', { template: 'w' });

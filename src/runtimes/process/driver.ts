@@ -355,7 +355,15 @@ class ProcessSandbox implements Sandbox {
     }
     this.main = { child, nsPid, log };
     // Taken while bwrap's pid 1 is known alive: the fd pins its namespace.
-    this.ports = new NetnsPorts(this.id, nsPid);
+    try {
+      this.ports = new NetnsPorts(this.id, nsPid);
+    } catch (e) {
+      // Alive a moment ago, gone now: the server exited as it started (its namespace went with it).
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT' && (e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
+      await Promise.race([this.mainExited, new Promise((r) => setTimeout(r, 1000))]);
+      const tail = log.text().trim().split('\n').slice(-5).join(' | ');
+      throw new KilnError('session_start_failed', `the server exited as it started${tail ? `: ${tail}` : ''}`, 503, { retryAfterS: 5 });
+    }
   }
 
   async mainLog(): Promise<string> {
