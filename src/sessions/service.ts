@@ -118,6 +118,8 @@ export class SessionService {
   private readonly coldStarts = new Set<Promise<void>>();
   private closed = false;
   private readonly origins: SessionOrigins | undefined;
+  /** Sessions that ended before this start, less than `stalePeriodS` ago: listed as if this server had ended them. */
+  private endedBefore: SessionView[] = [];
 
   constructor(private readonly deps: SessionServiceDeps) {
     this.origins = SessionOrigins.of(deps.config);
@@ -143,6 +145,9 @@ export class SessionService {
       })
       .where('status', 'in', ['starting', 'ready', 'stopping'])
       .executeTakeFirst();
+    const since = new Date(Date.now() - this.deps.config.sessions.stalePeriodS * 1000).toISOString();
+    const recent = await this.deps.db.selectFrom('sessions').selectAll().where('stopped_at', '>=', since).orderBy('created_at').execute();
+    this.endedBefore = recent.map(storedView);
     for (const p of this.pools.values()) p.refill();
     // A failed sweep (the store refusing a write) is logged and the next one tries again; it must not end kiln.
     this.sweeper = setInterval(() => void this.sweep().catch((err: Error) => this.deps.log?.error({ err: err.message }, 'session sweep failed')), this.deps.config.sessions.expiryIntervalS * 1000);
@@ -493,8 +498,12 @@ export class SessionService {
 
   /** Live sessions and those stopped within `stalePeriodS`. */
   list(principal?: Principal): SessionView[] {
-    const all = [...this.byId.values()];
-    return principal ? all.filter((s) => sees(principal, s.owner)).map((s) => shownTo(s.view(), principal)) : all.map((s) => s.view());
+    if (this.endedBefore.length > 0) {
+      const since = new Date(Date.now() - this.deps.config.sessions.stalePeriodS * 1000).toISOString();
+      this.endedBefore = this.endedBefore.filter((v) => v.stoppedAt! >= since);
+    }
+    const all = [...this.endedBefore, ...[...this.byId.values()].map((s) => s.view())];
+    return principal ? all.filter((v) => sees(principal, v.owner)).map((v) => shownTo(v, principal)) : all;
   }
 
   async remove(id: string, principal: Principal): Promise<SessionView> {
@@ -506,7 +515,7 @@ export class SessionService {
   }
 
   /** The session once ready: a call on a starting session waits for it (up to holdRequestS), as browsers do. */
-  private async ready(id: string, principal: Principal): Promise<LiveSession & { warm: WarmSandbox }> {
+  private async ready(id: string, principal: Principal, activity = true): Promise<LiveSession & { warm: WarmSandbox }> {
     if (!this.byId.has(id)) {
       const ended = await this.get(id, principal); // 404 when it never was (or is not the caller's)
       throw new KilnError('session_not_ready', `session ${id} is ${ended.status}`, 409);
@@ -514,7 +523,7 @@ export class SessionService {
     const s = this.live(id, principal);
     if (s.status === 'starting') await Promise.race([s.settled, new Promise((r) => setTimeout(r, this.deps.config.sessions.holdRequestS * 1000))]);
     if (s.status !== 'ready' || !s.warm) throw new KilnError('session_not_ready', `session ${id} is ${s.status}`, 409);
-    s.touch();
+    if (activity) s.touch();
     return s as LiveSession & { warm: WarmSandbox };
   }
 
@@ -546,19 +555,21 @@ export class SessionService {
   }
 
   async getFile(id: string, path: string, principal: Principal): Promise<Buffer> {
-    const s = await this.ready(id, principal);
-    const data = await this.whileInUse(s, `${path} was read`, () => s.warm.sandbox.getFile(path, this.deps.config.server.bodyLimitBytes));
+    // A read-only credential (a dashboard polling files) looks without keeping the session alive.
+    const activity = can(principal, 'sessions:write');
+    const s = await this.ready(id, principal, activity);
+    const data = await this.whileInUse(s, `${path} was read`, () => s.warm.sandbox.getFile(path, this.deps.config.server.bodyLimitBytes), activity);
     if (!data) throw notFound('file', path);
     return data;
   }
 
   /**
    * Run a call inside a ready session's sandbox, holding off idle reaping
-   * while it runs. A call cut short because the session ended gets a 409 that
+   * while it runs (unless it is not `activity`). A call cut short because the session ended gets a 409 that
    * says so, not the kill (or the failure) it met on the way.
    */
-  private async whileInUse<T>(s: LiveSession, what: string, call: () => Promise<T>): Promise<T> {
-    s.openSockets++;
+  private async whileInUse<T>(s: LiveSession, what: string, call: () => Promise<T>, activity = true): Promise<T> {
+    if (activity) s.openSockets++;
     try {
       const result = await call().catch((e: unknown) => {
         throw s.status === 'ready' ? e : endedWhile(s, what);
@@ -566,8 +577,10 @@ export class SessionService {
       if (s.status !== 'ready') throw endedWhile(s, what);
       return result;
     } finally {
-      s.openSockets--;
-      s.touch();
+      if (activity) {
+        s.openSockets--;
+        s.touch();
+      }
     }
   }
 

@@ -212,6 +212,13 @@ describe('auth', () => {
     assert.equal((await call('GET', `/v1/sessions/${mine.body.id}`, { token: view })).status, 200);
     assert.equal((await call('GET', `/v1/sessions/${bobs.body.id}`, { token: view })).status, 404);
     assert.equal((await call('POST', `/v1/sessions/${mine.body.id}/exec`, { token: view, body: { command: ['id'] } })).status, 403, 'its own scopes hold');
+    // It reads files, but a dashboard polling them does not keep the session alive.
+    assert.equal((await fetch(`${base}/v1/sessions/${mine.body.id}/files/notes.txt`, { method: 'PUT', body: 'alice wrote', headers: { authorization: `Bearer ${tok.alice}` } })).status, 204);
+    const active = (await call('GET', `/v1/sessions/${mine.body.id}`, { token: tok.alice })).body.lastActivityAt;
+    await new Promise((r) => setTimeout(r, 20));
+    const read = await fetch(`${base}/v1/sessions/${mine.body.id}/files/notes.txt`, { headers: { authorization: `Bearer ${view}` } });
+    assert.equal(await read.text(), 'alice wrote');
+    assert.equal((await call('GET', `/v1/sessions/${mine.body.id}`, { token: tok.alice })).body.lastActivityAt, active, "a read-only credential's read is not activity");
     assert.equal((await call('DELETE', `/v1/sessions/${mine.body.id}`, { token: view })).status, 403);
     // Acting for a token that acts for alice is acting for alice.
     const chained = await call('POST', '/v1/tokens', { token: tok.admin, body: { scopes: ['sessions:read'], actsFor: made.body.id } });

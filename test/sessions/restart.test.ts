@@ -97,8 +97,11 @@ test('SIGKILL then restart: orphans are reaped on both runtimes and sessions rea
     let out = '';
     ps.stdout.on('data', (c) => (out += c));
     await new Promise((r) => ps.once('close', r));
-    const listed = (await (await fetch(`${server.url}/v1/sessions`)).json()) as unknown[];
-    assert.equal(listed.length, 0, 'the listing holds no live session of the dead server');
+    // Listed as ended (for stalePeriodS, as if this server had ended them), none as live.
+    const listed = (await (await fetch(`${server.url}/v1/sessions`)).json()) as { id: string; status: string; stopReason: string }[];
+    assert.deepEqual(listed.filter((v) => v.status !== 'stopped'), [], 'the listing holds no live session of the dead server');
+    assert.deepEqual(listed.find((v) => v.id === created.id)?.stopReason, 'shutdown', 'a session the crash ended is listed, ended');
+    assert.ok(listed.some((v) => v.id === beingDeleted.id));
     // Every bridge still running belongs to a sandbox the new server knows (its dir exists).
     const { existsSync } = await import('node:fs');
     const bridged = [...out.matchAll(/UNIX-LISTEN:(\/run\/kiln\/[0-9a-f]+\/kp-[0-9a-f]+)\//g)].map((m) => m[1]!).filter((d) => d.includes(instanceId));
