@@ -28,7 +28,9 @@ export function registerDeepLink(app: FastifyInstance, kiln: Kiln): void {
   // HEAD (link checkers, chat unfurlers) claims nothing: it says whether the link would work.
   app.head<{ Params: { template: string } }>('/open/:template', { config: { access: 'public' } }, async (req, reply) => {
     const t = openable(req.params.template, req.principal);
-    return reply.code(t ? 200 : 404).header('cache-control', 'no-store').type('text/html; charset=utf-8').send();
+    const status = !t ? 404 : kiln.sessions.couldOpen(req.params.template) ? 200 : 503;
+    if (status === 503) reply.header('retry-after', '10');
+    return reply.code(status).header('cache-control', 'no-store').type('text/html; charset=utf-8').send();
   });
   app.get<{ Params: { template: string } }>('/open/:template', { config: { access: 'public' }, exposeHeadRoute: false }, async (req, reply) => {
     const name = req.params.template;

@@ -29,8 +29,13 @@ export class Budget {
     return r.cpus <= this.cpuTotal + 1e-9 && r.memoryMb <= this.memoryTotalMb;
   }
 
+  /** Whether `r` fits now. */
+  fits(r: Reservation): boolean {
+    return this.cpuUsed + r.cpus <= this.cpuTotal + 1e-9 && this.memoryUsedMb + r.memoryMb <= this.memoryTotalMb;
+  }
+
   tryReserve(r: Reservation): boolean {
-    if (this.cpuUsed + r.cpus > this.cpuTotal + 1e-9 || this.memoryUsedMb + r.memoryMb > this.memoryTotalMb) return false;
+    if (!this.fits(r)) return false;
     this.cpuUsed += r.cpus;
     this.memoryUsedMb += r.memoryMb;
     return true;

@@ -584,6 +584,13 @@ export class SessionService {
     }
   }
 
+  /** Whether a create of `template` would get a session now (warm, or a cold start that fits); claims nothing. */
+  couldOpen(template: string): boolean {
+    const pool = this.pools.get(template);
+    if (!pool) return false;
+    return pool.view().ready > 0 || (pool.hasRoom() && this.deps.budget.fits(this.reservationOf(template)));
+  }
+
   poolViews(): PoolView[] {
     return [...this.pools.values()].map((p) => p.view());
   }

@@ -377,6 +377,8 @@ describe('sessions', () => {
       const busy = await fetch(`${url}/open/demo-web`, { redirect: 'manual' });
       assert.equal(busy.status, 503);
       assert.match(await busy.text(), /All instances are busy/);
+      const head = await fetch(`${url}/open/demo-web`, { method: 'HEAD', redirect: 'manual' });
+      assert.deepEqual([head.status, head.headers.get('retry-after')], [503, '10'], 'a link checker hears what a click would get');
     } finally {
       await k.close();
     }
