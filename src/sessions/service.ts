@@ -209,18 +209,22 @@ export class SessionService {
     const t = this.template(req.template);
     const s = this.deps.config.sessions;
     const caps = principal.limits ?? {};
-    // A credential's caps lower the template's lifecycle; sandbox limits it cannot lower are refused, not silently exceeded.
-    const maxDurationS = Math.min(t.maxDurationS ?? s.maxDurationS, caps.maxDurationS ?? Infinity);
-    const idleTimeoutS = Math.min(t.idleTimeoutS ?? s.idleTimeoutS, caps.idleTimeoutS ?? Infinity);
+    // A client may ask for less than the template allows, never more; a credential's caps then lower
+    // what it gets, as they do a run's limits (sandbox limits it cannot lower are refused, below).
+    const lifetime = (key: 'maxDurationS' | 'idleTimeoutS'): number => {
+      const bound = t[key] ?? s[key];
+      const asked = req[key];
+      if (asked !== undefined && asked > bound) throw invalid(key, `must be at most ${bound} (template ${req.template})`);
+      return Math.min(asked ?? bound, caps[key] ?? Infinity);
+    };
+    const maxDurationS = lifetime('maxDurationS');
+    const idleTimeoutS = lifetime('idleTimeoutS');
     const { spec } = this.deps.runtimes.specFor(req.template);
     for (const k of ['cpus', 'memoryMb', 'pids'] as const) {
       const cap = caps[k];
       if (cap !== undefined && spec.limits[k] > cap) throw new KilnError('forbidden', `template ${req.template} needs ${k} ${spec.limits[k]}; this credential allows at most ${cap}`, 403);
     }
     if (principal.kind === 'anonymous') this.admitAnonymous(principal);
-    // A client may ask for less than the template allows, never more.
-    if (req.maxDurationS !== undefined && req.maxDurationS > maxDurationS) throw invalid('maxDurationS', `must be at most ${maxDurationS} (template ${req.template})`);
-    if (req.idleTimeoutS !== undefined && req.idleTimeoutS > idleTimeoutS) throw invalid('idleTimeoutS', `must be at most ${idleTimeoutS} (template ${req.template})`);
     const pool = this.pools.get(req.template)!;
     const started = performance.now();
     // A request with its own env needs a server started with it: never a pooled one.
@@ -229,7 +233,7 @@ export class SessionService {
     const make = (token: string, fromPool: boolean) => {
       const id = randomUUID();
       const url = sessionUrl(this.origins, id, token);
-      return new LiveSession(id, req.template, token, fromPool, Date.now(), req.idleTimeoutS ?? idleTimeoutS, req.maxDurationS ?? maxDurationS, { ...s.warnings, ...t.warnings }, req.metadata, principal.id, url);
+      return new LiveSession(id, req.template, token, fromPool, Date.now(), idleTimeoutS, maxDurationS, { ...s.warnings, ...t.warnings }, req.metadata, principal.id, url);
     };
     if (warm) {
       session = make(warm.token, true);
@@ -539,12 +543,16 @@ export class SessionService {
     if (b.timeoutMs !== undefined && (typeof b.timeoutMs !== 'number' || !Number.isInteger(b.timeoutMs) || b.timeoutMs < 1 || b.timeoutMs > max)) throw invalid('timeoutMs', `must be an integer from 1 to ${max}`);
     const s = await this.ready(id, principal);
     const { spec } = this.deps.runtimes.specFor(s.template);
-    const timeoutMs = (b.timeoutMs as number | undefined) ?? this.deps.config.runs.defaults.wallMs;
+    // The credential's caps hold here as for runs: the smaller of what is asked and the cap.
+    const caps = principal.limits ?? {};
+    const wallMs = Math.min((b.timeoutMs as number | undefined) ?? this.deps.config.runs.defaults.wallMs, caps.wallMs ?? Infinity);
+    const cpuMs = Math.min(wallMs, caps.cpuMs ?? Infinity);
+    const outputBytes = Math.min(this.deps.config.runs.defaults.outputBytes, caps.outputBytes ?? Infinity);
     return this.whileInUse(s, 'the command ran', () =>
       s.warm.sandbox.exec({
         command: b.command as string[],
         stdin: b.stdin as string | undefined,
-        limits: { wallMs: timeoutMs, cpuMs: timeoutMs, memoryMb: spec.limits.memoryMb, pids: spec.limits.pids, outputBytes: this.deps.config.runs.defaults.outputBytes },
+        limits: { wallMs, cpuMs, memoryMb: spec.limits.memoryMb, pids: spec.limits.pids, outputBytes },
       }),
     );
   }

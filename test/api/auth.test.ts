@@ -246,6 +246,20 @@ describe('auth', () => {
     const refused = await call('POST', '/v1/sessions', { token: small, body: { template: 'demo-web' } });
     assert.equal(refused.status, 403);
     assert.match(refused.body.error.message, /memoryMb 128.*at most 64/);
+    // A lifetime cap lowers what is asked for, as for runs; more than the template allows is still a 400.
+    const brief = await jwt({ sub: 'brief', scope: 'sessions:write sessions:read', limits: { idleTimeoutS: 20 } });
+    const capped = await call('POST', '/v1/sessions', { token: brief, body: { template: 'demo-web', idleTimeoutS: 100 } });
+    assert.equal(capped.status, 201, JSON.stringify(capped.body));
+    assert.equal(capped.body.idleTimeoutS, 20);
+    const tooLong = await call('POST', '/v1/sessions', { token: brief, body: { template: 'demo-web', idleTimeoutS: 100000 } });
+    assert.equal(tooLong.status, 400);
+    assert.match(tooLong.body.error.message, /idleTimeoutS: must be at most 600 \(template demo-web\)/);
+    // Its exec limits hold in sessions too.
+    const quick = await jwt({ sub: 'brief', scope: 'sessions:write sessions:read', limits: { wallMs: 300, cpuMs: 300 } });
+    const slept = await call('POST', `/v1/sessions/${capped.body.id}/exec`, { token: quick, body: { command: ['sleep', '3'], timeoutMs: 5000 } });
+    assert.equal(slept.body.signal, 'SIGKILL', JSON.stringify(slept.body));
+    assert.ok(slept.body.wallMs < 2000, `the cap of 300 ms held (wall ${slept.body.wallMs} ms)`);
+    await call('DELETE', `/v1/sessions/${capped.body.id}`, { token: brief });
     const bad = await jwt({ sub: 'bad', scope: 'runs:write', limits: { memoryMb: 'lots' } });
     assert.equal((await call('POST', '/v1/runs', { token: bad, body: {} })).status, 401);
   });
