@@ -205,7 +205,7 @@ test('kiln token create|ls|revoke on the local store; the server takes the token
     assert.match(seen.stdout, /7/);
     const unknown = kiln(['token', 'create', '--data-dir', data, '--scope', 'runs:read', '--acts-for', 'tok_000000000000']);
     assert.equal(unknown.status, 2);
-    assert.equal(unknown.stderr, 'kiln: actsFor: no live token tok_000000000000\n');
+    assert.equal(unknown.stderr, 'kiln: actsFor: no token tok_000000000000\n');
     assert.equal(kiln(['token', 'revoke', '--data-dir', data, id]).stdout, `${id} revoked\n`);
     const after = kiln(['runs', 'create', 'six.py', '-l', 'python'], { KILN_URL: base, KILN_TOKEN: token });
     assert.match(after.stderr, /^kiln: token unknown, revoked or expired/);

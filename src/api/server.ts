@@ -121,10 +121,12 @@ export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<Fasti
   app.get('/v1/sessions', { config: { access: 'sessions:read' } }, async (req) => kiln.sessions.list(req.principal));
   app.post('/v1/sessions', { config: { access: 'sessions:write' } }, async (req, reply) => reply.code(201).send(await kiln.sessions.create(req.body, req.principal)));
   app.get<{ Params: { id: string } }>('/v1/sessions/:id', { config: { access: 'sessions:read' } }, async (req) => kiln.sessions.get(req.params.id, req.principal));
-  // An admin acting in another principal's session is an admin action: it goes to the audit log.
+  // Acting in a session that is not the caller's own goes to the audit log: an admin in another
+  // principal's, or a token acting for the owner (under its own name, so the log tells them apart).
   const auditForeign = async (req: FastifyRequest, action: string, id: string) => {
     const owner = (await kiln.sessions.get(id, req.principal)).owner;
-    if (owner !== req.principal.id) await kiln.tokens.audit({ actor: req.principal.id, action, target: id, detail: { owner }, address: req.ip });
+    const actor = req.principal.credential ?? req.principal.id;
+    if (owner !== actor) await kiln.tokens.audit({ actor, action, target: id, detail: { owner }, address: req.ip });
   };
   app.delete<{ Params: { id: string } }>('/v1/sessions/:id', { config: { access: 'sessions:write' } }, async (req) => {
     await auditForeign(req, 'session.delete', req.params.id);

@@ -29,8 +29,9 @@ export function parseTokenRequest(body: unknown): TokenRequest {
   const limits = parseLimitCaps(b.limits, 'limits');
   if (limits) req.limits = limits;
   if (b.actsFor !== undefined && b.actsFor !== null) {
-    if (typeof b.actsFor !== 'string' || !/^tok_[0-9a-f]{12}$/.test(b.actsFor)) throw invalid('actsFor', 'must be a token id like tok_1a2b3c4d5e6f');
-    req.actsFor = b.actsFor;
+    // A token id, or the principal id a token's view shows (token:tok_…).
+    if (typeof b.actsFor !== 'string' || !/^(token:)?tok_[0-9a-f]{12}$/.test(b.actsFor)) throw invalid('actsFor', 'must be a token id like tok_1a2b3c4d5e6f');
+    req.actsFor = b.actsFor.replace(/^token:/, '');
   }
   return req;
 }

@@ -51,7 +51,10 @@ export class TokenStore {
 
   /** Make a token; the secret is in the answer and nowhere else. */
   async create(opts: { name: string; scopes: Scope[]; limits?: LimitCaps; ttlS?: number; actsFor?: string; actor: string; address?: string }): Promise<{ token: string; view: TokenView }> {
-    const actsFor = opts.actsFor === undefined ? null : await this.principalOf(opts.actsFor, opts.scopes);
+    const target = opts.actsFor === undefined ? undefined : await this.actingFor(opts.actsFor, opts.scopes);
+    const actsFor = target?.principal ?? null;
+    // Never more than the token it acts for may ask: the smaller of each cap.
+    const limits = target ? lowerOf(opts.limits, target.limits) : opts.limits;
     const id = `tok_${randomBytes(6).toString('hex')}`;
     const token = TOKEN_PREFIX + randomBytes(32).toString('base64url');
     const now = new Date();
@@ -60,7 +63,7 @@ export class TokenStore {
       name: opts.name,
       hash: sha256(token).toString('hex'),
       scopes: JSON.stringify(opts.scopes),
-      limits: opts.limits ? JSON.stringify(opts.limits) : null,
+      limits: limits ? JSON.stringify(limits) : null,
       created_at: now.toISOString(),
       created_by: opts.actor,
       expires_at: opts.ttlS === undefined ? null : new Date(now.getTime() + opts.ttlS * 1000).toISOString(),
@@ -79,7 +82,9 @@ export class TokenStore {
     const row = await this.db.selectFrom('tokens').selectAll().where('hash', '=', digest.toString('hex')).executeTakeFirst();
     // The index found the row by hash; compare once more in constant time so no path depends on a secret's bytes.
     if (!row || !timingSafeEqual(Buffer.from(row.hash, 'hex'), digest)) return undefined;
-    if (row.revoked_at || (row.expires_at && row.expires_at <= new Date().toISOString())) return undefined;
+    if (!live(row)) return undefined;
+    // Acting for a token that is revoked or expired now is acting for no one.
+    if (row.acts_for && !live(await this.db.selectFrom('tokens').select(['revoked_at', 'expires_at']).where('id', '=', row.acts_for.slice('token:'.length)).executeTakeFirst())) return undefined;
     const now = Date.now();
     if (now - (this.lastUsedWritten.get(row.id) ?? 0) > LAST_USED_WRITE_MS) {
       this.lastUsedWritten.set(row.id, now);
@@ -89,16 +94,26 @@ export class TokenStore {
   }
 
   /**
-   * The principal a new token acting for token `id` stands for: that token's
-   * own, or the one it acts for in turn (no chains to follow at request time).
+   * Whom a new token acting for token `id` stands for: that token's own
+   * principal, or the one it acts for in turn (no chains to follow at request
+   * time), and the caps it must stay under. Its scopes must be among that
+   * token's: acting for another never widens what may be done in its name.
    */
-  private async principalOf(id: string, scopes: Scope[]): Promise<string> {
+  private async actingFor(id: string, scopes: Scope[]): Promise<{ principal: string; limits?: LimitCaps }> {
     // An admin sees everything already; one acting for another would be audited under the other's name.
     if (scopes.includes('admin')) throw invalid('actsFor', 'an admin token sees everything already; give a token acting for another narrower scopes');
-    const row = await this.db.selectFrom('tokens').select(['id', 'scopes', 'revoked_at', 'expires_at', 'acts_for']).where('id', '=', id).executeTakeFirst();
-    if (!row || row.revoked_at || (row.expires_at && row.expires_at <= new Date().toISOString())) throw invalid('actsFor', `no live token ${id}`);
-    if ((JSON.parse(row.scopes) as Scope[]).includes('admin')) throw invalid('actsFor', `${id} is an admin token; act for a principal with its own runs and sessions`);
-    return row.acts_for ?? `token:${row.id}`;
+    const row = await this.db.selectFrom('tokens').selectAll().where('id', '=', id).executeTakeFirst();
+    if (!row) throw invalid('actsFor', `no token ${id}`);
+    if (!live(row)) throw invalid('actsFor', `token ${id} is ${row.revoked_at ? 'revoked' : 'expired'}`);
+    const theirs = JSON.parse(row.scopes) as Scope[];
+    if (theirs.includes('admin')) throw invalid('actsFor', `${id} is an admin token; act for a principal with its own runs and sessions`);
+    const wider = scopes.filter((s) => !theirs.includes(s));
+    if (wider.length > 0) throw invalid('scopes', `${wider.join(', ')} not held by ${id}, which this token would act for (it holds ${theirs.join(', ')})`);
+    const principal = row.acts_for ?? `token:${row.id}`;
+    if (row.acts_for && !live(await this.db.selectFrom('tokens').select(['revoked_at', 'expires_at']).where('id', '=', row.acts_for.slice('token:'.length)).executeTakeFirst())) {
+      throw invalid('actsFor', `${id} acts for ${row.acts_for}, which is revoked or expired`);
+    }
+    return { principal, ...(row.limits ? { limits: JSON.parse(row.limits) as LimitCaps } : {}) };
   }
 
   async list(): Promise<TokenView[]> {
@@ -141,6 +156,19 @@ export class TokenStore {
       ...(r.address ? { address: r.address } : {}),
     }));
   }
+}
+
+/** Not revoked and not expired (and present). */
+function live(row: { revoked_at: string | null; expires_at: string | null } | undefined): boolean {
+  return !!row && !row.revoked_at && !(row.expires_at && row.expires_at <= new Date().toISOString());
+}
+
+/** Each cap the smaller of the two (a cap only one side has holds as it is). */
+function lowerOf(a: LimitCaps | undefined, b: LimitCaps | undefined): LimitCaps | undefined {
+  if (!a || !b) return a ?? b;
+  const out: LimitCaps = { ...b };
+  for (const [k, v] of Object.entries(a) as [keyof LimitCaps, number][]) out[k] = Math.min(v, b[k] ?? Infinity);
+  return out;
 }
 
 function toView(row: { id: string; name: string; scopes: string; limits: string | null; created_at: string; created_by: string; expires_at: string | null; revoked_at: string | null; last_used_at: string | null; acts_for: string | null }): TokenView {

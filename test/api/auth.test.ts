@@ -197,7 +197,7 @@ describe('auth', () => {
 
   test('a token acting for another sees and acts on its runs and sessions, within its own scopes', async () => {
     const ids = Object.fromEntries((await t.kiln.tokens.list()).map((x) => [x.name, x.id]));
-    const made = await call('POST', '/v1/tokens', { token: tok.admin, body: { name: 'alice-view', scopes: ['sessions:read', 'runs:read'], actsFor: ids.alice } });
+    const made = await call('POST', '/v1/tokens', { token: tok.admin, body: { name: 'alice-view', scopes: ['sessions:read'], actsFor: ids.alice } });
     assert.equal(made.status, 201, JSON.stringify(made.body));
     assert.equal(made.body.actsFor, `token:${ids.alice}`);
     const view = made.body.token as string;
@@ -224,7 +224,8 @@ describe('auth', () => {
     const chained = await call('POST', '/v1/tokens', { token: tok.admin, body: { scopes: ['sessions:read'], actsFor: made.body.id } });
     assert.equal(chained.body.actsFor, `token:${ids.alice}`);
     for (const [body, message] of [
-      [{ scopes: ['sessions:read'], actsFor: 'tok_000000000000' }, /actsFor: no live token tok_000000000000/],
+      [{ scopes: ['sessions:read'], actsFor: 'tok_000000000000' }, /actsFor: no token tok_000000000000/],
+      [{ scopes: ['sessions:read', 'runs:write'], actsFor: ids.alice }, /scopes: runs:write not held by tok_[0-9a-f]{12}, which this token would act for/],
       [{ scopes: ['sessions:read'], actsFor: 'alice' }, /actsFor: must be a token id/],
       [{ scopes: ['admin'], actsFor: ids.alice }, /actsFor: an admin token sees everything already/],
       [{ scopes: ['sessions:read'], actsFor: ids.admin }, /actsFor: tok_[0-9a-f]{12} is an admin token/],
@@ -233,7 +234,21 @@ describe('auth', () => {
       assert.equal(r.status, 400, JSON.stringify(body));
       assert.match(r.body.error.message, message);
     }
+    // What it does in alice's sessions is audited under its own name, not hers.
+    const audit = (await call('GET', '/v1/audit', { token: tok.admin })).body as Array<{ actor: string; action: string; target: string }>;
+    assert.ok(audit.some((e) => e.actor === `token:${made.body.id}` && e.action === 'session.file_get' && e.target === mine.body.id), JSON.stringify(audit.slice(0, 3)));
     for (const s of [mine, bobs]) await call('DELETE', `/v1/sessions/${s.body.id}`, { token: tok.admin });
+    // It never gets more than the token it acts for: that token's caps hold, and its revocation ends it.
+    const small = await t.kiln.tokens.create({ name: 'small', scopes: ['sessions:write', 'sessions:read'], limits: { memoryMb: 64 }, actor: 'test' });
+    const helper = await call('POST', '/v1/tokens', { token: tok.admin, body: { scopes: ['sessions:write'], limits: { cpus: 2 }, actsFor: `token:${small.view.id}` } });
+    assert.deepEqual(helper.body.limits, { memoryMb: 64, cpus: 2 });
+    const refused = await call('POST', '/v1/sessions', { token: helper.body.token, body: { template: 'demo-web' } });
+    assert.equal(refused.status, 403);
+    assert.match(refused.body.error.message, /memoryMb 128.*at most 64/);
+    assert.equal((await call('DELETE', `/v1/tokens/${small.view.id}`, { token: tok.admin })).status, 200);
+    assert.equal((await call('GET', '/v1/info', { token: helper.body.token })).status, 401, 'acting for a revoked token is acting for no one');
+    const late = await call('POST', '/v1/tokens', { token: tok.admin, body: { scopes: ['sessions:write'], actsFor: helper.body.id } });
+    assert.match(late.body.error.message, /acts for token:tok_[0-9a-f]{12}, which is revoked or expired/);
   });
 
   test('a JWT limits claim caps what its holder may ask for', async () => {
