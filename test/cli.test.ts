@@ -126,6 +126,11 @@ test('kiln serve answers over HTTP and kiln runs create talks to it', async () =
     const ex = await cli(['session', 'exec', id!, '--', 'sh', '-c', 'echo from-session; exit 4']);
     assert.equal(ex.out, 'from-session\n');
     assert.equal(ex.code, 4);
+    const slow = await cli(['session', 'exec', id!, '--timeout', '200', '--', 'sleep', '5']);
+    assert.deepEqual([slow.code, slow.err], [137, 'kiln: killed: time limit (wall_timeout)\n']);
+    assert.deepEqual(await cli(['session', 'open', 'nope']), { code: 2, out: '', err: 'kiln: no template named nope here\n' });
+    const hex = await cli(['session', 'create', 'demo-web', '--idle', '0x10']);
+    assert.deepEqual([hex.code, hex.err], [2, 'kiln: --idle: "0x10" is not a whole number of seconds\n']);
     // Files both ways: in from a file, out to stdout and into a directory under the file's name.
     writeFileSync(join(dir, 'in.txt'), 'to the session\n');
     assert.deepEqual(await cli(['session', 'cp', 'in.txt', `${id}:data/in.txt`]), { code: 0, out: '', err: '' });

@@ -134,7 +134,9 @@ export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<Fasti
   });
   app.post<{ Params: { id: string } }>('/v1/sessions/:id/exec', { config: { access: 'sessions:write' } }, async (req) => {
     await auditForeign(req, 'session.exec', req.params.id);
-    return toStage(await kiln.sessions.exec(req.params.id, req.body, req.principal));
+    const r = await kiln.sessions.exec(req.params.id, req.body, req.principal);
+    // A stage, and why kiln ended it (a run says that with its verdict).
+    return { ...toStage(r), killedBy: r.killedBy, oomKilled: r.oomKilled };
   });
   app.get<{ Params: { id: string } }>('/v1/sessions/:id/events', { config: { access: 'sessions:read' } }, async (req, reply) => {
     await kiln.sessions.get(req.params.id, req.principal);

@@ -35,7 +35,12 @@ async function send(method: string, path: string, body: string | Buffer | undefi
   try {
     res = await fetch(serverUrl() + path, { method, headers, body: body as BodyInit | undefined });
   } catch (e) {
-    throw new KilnError('unreachable', `cannot reach the kiln server at ${serverUrl()} (set KILN_URL): ${(e as Error).cause ?? (e as Error).message}`, 0);
+    const cause = (e as Error).cause as NodeJS.ErrnoException | undefined;
+    // The server answered a too-large upload by closing the connection while it was still sent.
+    if (Buffer.isBuffer(body) && (cause?.code === 'EPIPE' || cause?.code === 'ECONNRESET')) {
+      throw new KilnError('upload_refused', `the server closed the connection during the upload of ${body.length} bytes: larger than its body limit (server.bodyLimitBytes, 10 MiB by default)?`, 413);
+    }
+    throw new KilnError('unreachable', `cannot reach the kiln server at ${serverUrl()} (set KILN_URL): ${cause ?? (e as Error).message}`, 0);
   }
   if (res.ok) return res;
   const text = await res.text();
@@ -55,7 +60,9 @@ async function send(method: string, path: string, body: string | Buffer | undefi
 export async function followEvents(path: string, onEvent: (event: string, data: unknown) => boolean | void, base = serverUrl()): Promise<void> {
   const headers: Record<string, string> = { accept: 'text/event-stream' };
   if (process.env.KILN_TOKEN) headers.authorization = `Bearer ${process.env.KILN_TOKEN}`;
-  const res = await fetch(base + path, { headers });
+  const res = await fetch(base + path, { headers }).catch((e: Error) => {
+    throw new KilnError('unreachable', `cannot reach the kiln server at ${base} (set KILN_URL): ${e.cause ?? e.message}`, 0);
+  });
   if (!res.ok || !res.body) {
     const body = (await res.json().catch(() => undefined)) as { error?: { code: string; message: string } } | undefined;
     throw new KilnError(body?.error?.code ?? 'http_error', body?.error?.message ?? `HTTP ${res.status}`, res.status);

@@ -56,7 +56,7 @@ const serverOptions = (cmd: Command) =>
 /** Language for a file: the one whose `file` has the same extension (the first configured wins). */
 /** `<session id>:<path>` (a session id is a UUID, so `./a:b` and `C:x` stay local paths). */
 function sessionPath(arg: string): { id: string; path: string } | undefined {
-  const m = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}):(.*)$/i.exec(arg);
+  const m = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}):(.*)$/.exec(arg);
   if (!m) return undefined;
   // Checked here as the server would: a URL with a ".." segment would be resolved away before it left.
   const problem = relativePathProblem(m[2]!);
@@ -239,7 +239,8 @@ export function buildCli(): Command {
     .option('--idle <seconds>', 'idle timeout (at most the template\'s)')
     .option('--max <seconds>', 'max duration (at most the template\'s)')
     .option('--json', 'print the session as JSON')
-    .action(async (template: string, o: { env?: string[]; idle?: string; max?: string; json?: boolean }) => {
+    .option('--no-wait', 'answer at once, even while a cold start is under way')
+    .action(async (template: string, o: { env?: string[]; idle?: string; max?: string; json?: boolean; wait: boolean }) => {
       const body: Record<string, unknown> = { template };
       if (o.env) body.env = Object.fromEntries(o.env.map((kv) => {
         const i = kv.indexOf('=');
@@ -248,11 +249,21 @@ export function buildCli(): Command {
       }));
       for (const [flag, key] of [['idle', 'idleTimeoutS'], ['max', 'maxDurationS']] as const) {
         if (o[flag] === undefined) continue;
-        const n = Number(o[flag]);
+        const n = /^\d+$/.test(o[flag]!) ? Number(o[flag]) : NaN;
         if (!Number.isInteger(n) || n < 1) throw new KilnError('invalid_flag', `--${flag}: ${JSON.stringify(o[flag])} is not a whole number of seconds`);
         body[key] = n;
       }
-      const s = await api<SessionView>('POST', '/v1/sessions', body);
+      let s = await api<SessionView>('POST', '/v1/sessions', body);
+      if (s.status === 'starting' && o.wait) {
+        // A cold start: wait for its outcome, as a browser at the URL would.
+        process.stderr.write(`kiln: ${s.id} starting cold…\n`);
+        await followEvents(`/v1/sessions/${encodeURIComponent(s.id)}/events`, (_event, data) => {
+          s = { ...s, ...(data as SessionView) };
+          return s.status !== 'starting';
+        });
+        const ended = s as SessionView; // changed by the event callback
+        if (ended.status !== 'ready') throw new KilnError('session_failed', `session ${ended.id} ${ended.status}${ended.error ? `: ${printable(ended.error)}` : ''}`, 0);
+      }
       process.stdout.write(o.json ? `${JSON.stringify(s, null, 2)}\n` : `${s.id} ${s.status} ${absolute(s.url ?? '')}\n`);
     });
   session
@@ -279,9 +290,10 @@ export function buildCli(): Command {
       const body: Record<string, unknown> = { command };
       if (o.stdin !== undefined) body.stdin = o.stdin;
       if (o.timeout !== undefined) body.timeoutMs = Number(o.timeout);
-      const r = await api<Stage>('POST', `/v1/sessions/${encodeURIComponent(id)}/exec`, body);
+      const r = await api<Stage & { killedBy: string | null; oomKilled: boolean }>('POST', `/v1/sessions/${encodeURIComponent(id)}/exec`, body);
       process.stdout.write(r.stdout);
       process.stderr.write(r.stderr);
+      if (r.killedBy || r.oomKilled) process.stderr.write(`kiln: killed: ${r.oomKilled ? 'out of memory' : r.killedBy === 'output_limit' ? 'output limit' : `time limit (${r.killedBy})`}\n`);
       const signals = (await import('node:os')).constants.signals as Record<string, number>;
       process.exitCode = r.exitCode ?? (r.signal ? 128 + (signals[r.signal] ?? 0) : 1);
     });
@@ -349,7 +361,7 @@ export function buildCli(): Command {
       const location = res.headers.get('location');
       if (res.status !== 302 || !location) {
         const text = await res.text();
-        let message = `HTTP ${res.status}`;
+        let message = res.status === 404 ? `no template named ${template} here` : `HTTP ${res.status}`;
         try {
           message = (JSON.parse(text) as { error: { message: string } }).error.message;
         } catch {
