@@ -53,7 +53,6 @@ const serverOptions = (cmd: Command) =>
     .option('--port <port>', 'TCP port (default 7070)')
     .option('--data-dir <dir>', 'where the store and instance id live (default ./.kiln)');
 
-/** Language for a file: the one whose `file` has the same extension (the first configured wins). */
 /** `<session id>:<path>` (a session id is a UUID, so `./a:b` and `C:x` stay local paths). */
 function sessionPath(arg: string): { id: string; path: string } | undefined {
   const m = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}):(.*)$/.exec(arg);
@@ -73,6 +72,7 @@ async function readStdin(): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
+/** Language for a file: the one whose `file` has the same extension (the first configured wins). */
 function languageForFile(config: KilnConfig, file: string): string {
   const ext = extname(file);
   const hit = Object.entries(config.languages).find(([, l]) => extname(l.file) === ext);
