@@ -40,7 +40,7 @@ async function send(method: string, path: string, body: string | Buffer | undefi
     if (Buffer.isBuffer(body) && (cause?.code === 'EPIPE' || cause?.code === 'ECONNRESET')) {
       throw new KilnError('upload_refused', `the server closed the connection during the upload of ${body.length} bytes: larger than its body limit (server.bodyLimitBytes, 10 MiB by default)?`, 413);
     }
-    throw new KilnError('unreachable', `cannot reach the kiln server at ${serverUrl()} (set KILN_URL): ${cause ?? (e as Error).message}`, 0);
+    throw unreachable(serverUrl(), e as Error);
   }
   if (res.ok) return res;
   const text = await res.text();
@@ -53,6 +53,10 @@ async function send(method: string, path: string, body: string | Buffer | undefi
   throw new KilnError(err?.code ?? 'http_error', err?.message ?? `HTTP ${res.status}`, res.status);
 }
 
+function unreachable(base: string, e: Error): KilnError {
+  return new KilnError('unreachable', `cannot reach the kiln server at ${base} (set KILN_URL): ${e.cause ?? e.message}`, 0);
+}
+
 /**
  * Follow a server-sent event stream, calling `onEvent` for each `data:` JSON;
  * `onEvent` returning true stops reading. `base` defaults to KILN_URL.
@@ -61,7 +65,7 @@ export async function followEvents(path: string, onEvent: (event: string, data: 
   const headers: Record<string, string> = { accept: 'text/event-stream' };
   if (process.env.KILN_TOKEN) headers.authorization = `Bearer ${process.env.KILN_TOKEN}`;
   const res = await fetch(base + path, { headers }).catch((e: Error) => {
-    throw new KilnError('unreachable', `cannot reach the kiln server at ${base} (set KILN_URL): ${e.cause ?? e.message}`, 0);
+    throw unreachable(base, e);
   });
   if (!res.ok || !res.body) {
     const body = (await res.json().catch(() => undefined)) as { error?: { code: string; message: string } } | undefined;

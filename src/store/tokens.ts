@@ -84,7 +84,7 @@ export class TokenStore {
     if (!row || !timingSafeEqual(Buffer.from(row.hash, 'hex'), digest)) return undefined;
     if (!live(row)) return undefined;
     // Acting for a token that is revoked or expired now is acting for no one.
-    if (row.acts_for && !live(await this.db.selectFrom('tokens').select(['revoked_at', 'expires_at']).where('id', '=', row.acts_for.slice('token:'.length)).executeTakeFirst())) return undefined;
+    if (row.acts_for && !(await this.principalLive(row.acts_for))) return undefined;
     const now = Date.now();
     if (now - (this.lastUsedWritten.get(row.id) ?? 0) > LAST_USED_WRITE_MS) {
       this.lastUsedWritten.set(row.id, now);
@@ -110,10 +110,15 @@ export class TokenStore {
     const wider = scopes.filter((s) => !theirs.includes(s));
     if (wider.length > 0) throw invalid('scopes', `${wider.join(', ')} not held by ${id}, which this token would act for (it holds ${theirs.join(', ')})`);
     const principal = row.acts_for ?? `token:${row.id}`;
-    if (row.acts_for && !live(await this.db.selectFrom('tokens').select(['revoked_at', 'expires_at']).where('id', '=', row.acts_for.slice('token:'.length)).executeTakeFirst())) {
+    if (row.acts_for && !(await this.principalLive(row.acts_for))) {
       throw invalid('actsFor', `${id} acts for ${row.acts_for}, which is revoked or expired`);
     }
     return { principal, ...(row.limits ? { limits: JSON.parse(row.limits) as LimitCaps } : {}) };
+  }
+
+  /** Whether the token a principal id (`token:<id>`) names is live. */
+  private async principalLive(principal: string): Promise<boolean> {
+    return live(await this.db.selectFrom('tokens').select(['revoked_at', 'expires_at']).where('id', '=', principal.slice('token:'.length)).executeTakeFirst());
   }
 
   async list(): Promise<TokenView[]> {
