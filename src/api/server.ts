@@ -18,6 +18,7 @@ import { Authenticator, authRequired } from './auth.js';
 import { installEdge } from './protect.js';
 import { registerDeepLink } from './deeplink.js';
 import { registerTokenRoutes } from './tokens.js';
+import { trackMethods } from './methods.js';
 import { JwtVerifier } from '../auth/jwt.js';
 import https from 'node:https';
 import { readFileSync } from 'node:fs';
@@ -59,11 +60,12 @@ export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<Fasti
   app.setValidatorCompiler(() => () => true);
   app.setSerializerCompiler(() => (data) => JSON.stringify(data));
   // `curl -d '{...}'` sends form encoding: take any body as JSON so the README's one-liners work.
-  app.addContentTypeParser(['application/x-www-form-urlencoded', 'text/plain'], { parseAs: 'string' }, (_req, body, done) => {
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser(['application/json', 'application/x-www-form-urlencoded', 'text/plain'], { parseAs: 'string' }, (_req, body, done) => {
     try {
-      done(null, JSON.parse(body as string));
-    } catch {
-      done(new KilnError('invalid_json', 'body: not valid JSON', 400), undefined);
+      done(null, parseJsonBody(body as string));
+    } catch (e) {
+      done(toKilnError(e), undefined);
     }
   });
 
@@ -71,7 +73,14 @@ export async function buildApi(kiln: Kiln, opts: ApiOptions = {}): Promise<Fasti
   authenticator.install(app);
 
   app.setErrorHandler((err: unknown, _req, reply) => sendError(reply, err, app));
-  app.setNotFoundHandler((req, reply) => sendError(reply, new KilnError('not_found', `no route ${req.method} ${req.url.split('?')[0]}`, 404), app));
+  const methodsOf = trackMethods(app);
+  app.setNotFoundHandler((req, reply) => {
+    const path = req.url.split('?')[0]!;
+    const allowed = methodsOf(path);
+    if (allowed.length === 0) return sendError(reply, new KilnError('not_found', `no route ${req.method} ${path}`, 404), app);
+    reply.header('Allow', allowed.join(', '));
+    return sendError(reply, new KilnError('method_not_allowed', `${req.method} is not allowed on ${path}; use ${allowed.join(', ')}`, 405), app);
+  });
 
   await app.register(swagger, {
     openapi: { info: { title: 'Kiln API', version: VERSION, description: 'Isolated, fast-to-start compute: runs, sessions, jobs.' } },
@@ -177,6 +186,27 @@ function sendError(reply: FastifyReply, err: unknown, app?: FastifyInstance): Fa
   if (e.retryAfterS !== undefined) reply.header('Retry-After', String(e.retryAfterS));
   if (e.status === 401) reply.header('WWW-Authenticate', 'Bearer realm="kiln"');
   return reply.code(e.status).type('application/json').send(e.toJSON());
+}
+
+/**
+ * A request body as JSON. A key that could reach a prototype when the value is
+ * merged somewhere (`__proto__`, or `constructor` holding `prototype`) is
+ * refused by name, so the caller learns which key, not that the JSON is bad.
+ */
+function parseJsonBody(text: string): unknown {
+  if (text.trim() === '') throw new KilnError('invalid_json', 'body: empty, expected a JSON object', 400);
+  let value: unknown;
+  try {
+    value = JSON.parse(text, (key, v: unknown) => {
+      if (key === '__proto__' || (key === 'constructor' && v !== null && typeof v === 'object' && Object.hasOwn(v, 'prototype'))) {
+        throw new KilnError('invalid_json', `body: the key ${JSON.stringify(key === '__proto__' ? key : 'constructor.prototype')} is not allowed`, 400);
+      }
+      return v;
+    });
+  } catch (e) {
+    throw isKilnError(e) ? e : new KilnError('invalid_json', 'body: not valid JSON', 400);
+  }
+  return value;
 }
 
 /** Fastify's own errors (body too large, bad JSON …) mapped onto our codes. */

@@ -120,6 +120,28 @@ test('bad input: each a 400 naming the field, nothing else affected', async () =
   const notJson = await t.app.inject({ method: 'POST', url: '/v1/runs', headers: { 'content-type': 'application/json' }, payload: '{"language":' });
   assert.equal(notJson.statusCode, 400);
   assert.equal(notJson.json().error.code, 'invalid_json');
+  assert.equal(notJson.json().error.message, 'body: not valid JSON');
+  // Keys that could reach a prototype are refused by name, in any content type we read as JSON, at any depth.
+  const poisoned: [string, string][] = [
+    ['{"__proto__":{"admin":true},"language":"python"}', '"__proto__"'],
+    ['{"language":"python","files":[{"name":"a.py","content":"","x":{"__proto__":1}}]}', '"__proto__"'],
+    ['{"constructor":{"prototype":{"admin":true}}}', '"constructor.prototype"'],
+  ];
+  for (const [payload, key] of poisoned) {
+    for (const type of ['application/json', 'application/x-www-form-urlencoded']) {
+      const r = await t.app.inject({ method: 'POST', url: '/v1/runs', headers: { 'content-type': type }, payload });
+      assert.equal(r.statusCode, 400, payload);
+      assert.equal(r.json().error.message, `body: the key ${key} is not allowed`, `${type} ${payload}`);
+    }
+  }
+  for (const payload of ['', '  \n']) {
+    const r = await t.app.inject({ method: 'POST', url: '/v1/runs', headers: { 'content-type': 'application/json' }, payload });
+    assert.equal(r.statusCode, 400);
+    assert.equal(r.json().error.message, 'body: empty, expected a JSON object');
+  }
+  // A key merely named like one is read, and judged as any other field.
+  const named = await postRun(t.app, { language: 'bash', files: [{ name: 'a.sh', content: 'echo ok' }], constructor: 1 });
+  assert.match(named.body.error.message, /^constructor: unknown field/);
   const big = await t.app.inject({ method: 'POST', url: '/v1/runs', headers: { 'content-type': 'application/json' }, payload: JSON.stringify({ language: 'python', files: [{ name: 'a.py', content: 'x'.repeat(11 << 20) }] }) });
   assert.equal(big.statusCode, 413);
   assert.equal(big.json().error.code, 'body_too_large');
@@ -127,6 +149,26 @@ test('bad input: each a 400 naming the field, nothing else affected', async () =
   assert.equal(missing.statusCode, 404);
   // The service still works.
   assert.equal((await postRun(t.app, { language: 'bash', files: [{ name: 'a.sh', content: 'echo ok' }] })).body.verdict, 'ok');
+});
+
+test('a known path with the wrong method answers 405 naming the methods it has, in Allow too; an unknown path 404', async () => {
+  const cases: [string, string, string][] = [
+    ['DELETE', '/v1/runs', 'POST'],
+    ['PUT', '/v1/runs/00000000-0000-0000-0000-000000000000', 'GET, HEAD'],
+    ['POST', '/v1/sessions/x/files/a/b.txt', 'GET, HEAD, PUT'],
+    ['PATCH', '/v1/tokens/tok_x', 'DELETE'],
+  ];
+  for (const [method, url, allow] of cases) {
+    const r = await t.app.inject({ method: method as 'GET', url });
+    assert.equal(r.statusCode, 405, `${method} ${url}`);
+    assert.equal(r.headers.allow, allow);
+    assert.equal(r.json().error.code, 'method_not_allowed');
+    assert.match(r.json().error.message, new RegExp(`${method} is not allowed on ${url.replace(/[.]/g, '\\.')}; use ${allow}`));
+  }
+  const unknown = await t.app.inject({ method: 'GET', url: '/v1/runz?x=1' });
+  assert.equal(unknown.statusCode, 404);
+  assert.equal(unknown.headers.allow, undefined);
+  assert.match(unknown.json().error.message, /no route GET \/v1\/runz$/);
 });
 
 test('a body sent as curl -d sends it (form content type) is read as JSON', async () => {
