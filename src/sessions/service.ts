@@ -182,6 +182,7 @@ export class SessionService {
       // Metadata is stored and repeated in every listing and event: each entry stays small.
       if (key === 'metadata') {
         for (const [k, x] of Object.entries(v as Record<string, string>)) {
+          if (k === '') throw invalid('metadata', 'a key is empty');
           if (k.length > 128) throw invalid('metadata', `key ${JSON.stringify(k.slice(0, 32))}… is longer than 128 characters`);
           if (x.length > 1024) throw invalid(`metadata.${k}`, 'at most 1024 characters');
         }

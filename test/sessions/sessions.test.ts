@@ -152,6 +152,12 @@ describe('sessions', () => {
         const got = await fetch(`${base}/v1/sessions/${s.body.id}/files/data/in.txt`);
         assert.equal(await got.text(), 'hello file');
         assert.equal((await fetch(`${base}/v1/sessions/${s.body.id}/files/nope.txt`)).status, 404);
+        // Something there that is not a file is named for what it is, not called missing.
+        for (const [path, what] of [['data', /cannot read data: it is a directory/], ['pipe', /cannot read pipe: not a regular file/]] as const) {
+          const r = await fetch(`${base}/v1/sessions/${s.body.id}/files/${path}`);
+          assert.equal(r.status, 400, path);
+          assert.match((await r.json()).error.message, what);
+        }
         assert.equal((await fetch(`${base}/v1/sessions/${s.body.id}/files/..%2F..%2Fetc%2Fpasswd`)).status, 400);
         const slow = await api('POST', `/v1/sessions/${s.body.id}/exec`, { command: ['sleep', '10'], timeoutMs: 300 });
         assert.equal(slow.body.signal, 'SIGKILL');
@@ -199,6 +205,7 @@ describe('sessions', () => {
       // Metadata is stored and repeated in every listing and event: each value is capped.
       [{ template: 'demo-web', metadata: { notes: 'x'.repeat(1025) } }, /metadata\.notes: at most 1024 characters/],
       [{ template: 'demo-web', metadata: { ['k'.repeat(129)]: 'v' } }, /metadata: key .* longer than 128/],
+      [{ template: 'demo-web', metadata: { '': 'v' } }, /metadata: a key is empty/],
     ] as const) {
       const r = await api('POST', '/v1/sessions', body);
       assert.equal(r.status, 400, JSON.stringify(body));

@@ -24,7 +24,7 @@ import { Writable } from 'node:stream';
 import { KilnError } from '../../errors.js';
 import { CappedBuffer } from '../../sandbox/output.js';
 import { checkRelativePath } from '../../sandbox/paths.js';
-import { FILE_CALL_MS, fileCallFailed } from '../../sandbox/files.js';
+import { FILE_CALL_MS, fileCallFailed, fileRead, readFileCommand, writeFileCommand } from '../../sandbox/files.js';
 import type { ExecKill, ExecRequest, ExecResult, PortLink, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
 import { WORK_DIR } from '../types.js';
 import { decodeExit, readKey, readNumber as readNum } from '../kernel.js';
@@ -486,7 +486,7 @@ class DockerSandbox implements Sandbox {
     const rel = checkRelativePath(path);
     // Written by a process inside, as the sandbox uid: a planted link leads only where the sandbox could write anyway.
     const r = await this.exec({
-      command: ['/bin/sh', '-c', 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"', 'put', rel],
+      command: writeFileCommand(rel),
       stdin: data,
       limits: fileLimits(this.current),
     });
@@ -496,13 +496,10 @@ class DockerSandbox implements Sandbox {
   async getFile(path: string, maxBytes: number): Promise<Buffer | undefined> {
     const rel = checkRelativePath(path);
     const r = await this.exec({
-      command: ['/bin/sh', '-c', '[ -f "$1" ] || exit 3; exec head -c "$2" -- "$1"', 'get', rel, String(maxBytes + 1)],
+      command: readFileCommand(rel, maxBytes),
       limits: { ...fileLimits(this.current), outputBytes: maxBytes + 1 },
     });
-    if (r.stdout.length > maxBytes) throw new KilnError('file_too_large', `${rel} is larger than ${maxBytes} bytes`, 413);
-    if (r.exitCode === 3) return undefined;
-    if (r.exitCode !== 0) throw fileCallFailed('read', rel, r);
-    return r.stdout;
+    return fileRead(rel, maxBytes, r);
   }
 
   async stats(): Promise<SandboxStats> {

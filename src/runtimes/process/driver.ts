@@ -18,7 +18,7 @@ import { promisify } from 'node:util';
 import { KilnError } from '../../errors.js';
 import { CappedBuffer, CappedTail } from '../../sandbox/output.js';
 import { checkRelativePath } from '../../sandbox/paths.js';
-import { FILE_CALL_MS, fileCallFailed } from '../../sandbox/files.js';
+import { FILE_CALL_MS, fileCallFailed, fileRead, readFileCommand, writeFileCommand } from '../../sandbox/files.js';
 import type { ExecKill, ExecRequest, ExecResult, PortLink, Runtime, RuntimeCheck, Sandbox, SandboxSpec, SandboxStats } from '../types.js';
 import { WORK_DIR } from '../types.js';
 import { Cgroup, detectCgroupMode, listChildren, type CgroupMode } from './cgroups.js';
@@ -543,7 +543,7 @@ class ProcessSandbox implements Sandbox {
       return;
     }
     const r = await this.exec({
-      command: ['/bin/sh', '-c', 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"', 'put', rel],
+      command: writeFileCommand(rel),
       stdin: data,
       limits: fileLimits(this.spec.limits.memoryMb),
     });
@@ -552,15 +552,11 @@ class ProcessSandbox implements Sandbox {
 
   async getFile(path: string, maxBytes: number): Promise<Buffer | undefined> {
     const rel = checkRelativePath(path);
-    // Read with the sandbox's own rights: a planted link leads only where the sandbox could already read.
     const r = await this.exec({
-      command: ['/bin/sh', '-c', '[ -f "$1" ] || exit 3; exec head -c "$2" -- "$1"', 'get', rel, String(maxBytes + 1)],
+      command: readFileCommand(rel, maxBytes),
       limits: { ...fileLimits(this.spec.limits.memoryMb), outputBytes: maxBytes + 1 },
     });
-    if (r.stdout.length > maxBytes) throw new KilnError('file_too_large', `${rel} is larger than ${maxBytes} bytes`, 413);
-    if (r.exitCode === 3) return undefined;
-    if (r.exitCode !== 0) throw fileCallFailed('read', rel, r);
-    return r.stdout;
+    return fileRead(rel, maxBytes, r);
   }
 
   async stats(): Promise<SandboxStats> {
