@@ -26,6 +26,8 @@ test('kiln run picks the language by extension, passes stdin, and reports a time
   writeFileSync(join(dir, 'echo.py'), 'import sys; print(sys.stdin.read()[::-1])\n');
   const r = kiln(['run', 'echo.py', '--stdin', 'abc']);
   assert.equal(r.stdout, 'cba\n');
+  writeFileSync(join(dir, 'reverse-me.txt'), 'xyz');
+  assert.equal(kiln(['run', 'echo.py', '--stdin-file', 'reverse-me.txt']).stdout, 'zyx\n');
   assert.match(r.stderr, /verdict ok · exit 0/);
   assert.equal(r.status, 0);
   writeFileSync(join(dir, 'loop.sh'), 'while :; do :; done\n');
@@ -104,16 +106,17 @@ test('kiln serve answers over HTTP and kiln runs create talks to it', async () =
     assert.equal(remote.out, 'remote\n', remote.err);
     assert.equal(remote.code, 0);
     // Sessions from the CLI.
-    const cli = (args: string[]) =>
+    const cli = (args: string[], input?: string) =>
       new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
         const c = spawn(process.execPath, [...CLI, ...args], { cwd: dir, env: { ...process.env, KILN_URL: url } });
+        if (input !== undefined) c.stdin.end(input);
         let out = '';
         let err = '';
         c.stdout.on('data', (x) => (out += x));
         c.stderr.on('data', (x) => (err += x));
         c.on('close', (code) => resolve({ code, out, err }));
       });
-    const created = await cli(['session', 'create', 'demo-web', '--env', 'GREETING=hi']);
+    const created = await cli(['session', 'create', 'demo-web', '--env', 'GREETING=hi', '--metadata', 'course=cs101', 'seat=12']);
     assert.equal(created.code, 0, created.err);
     const [id, , link] = created.out.trim().split(' ');
     assert.match(link!, new RegExp(`^${url}/s/[A-Za-z0-9_-]{22}/$`));
@@ -126,6 +129,19 @@ test('kiln serve answers over HTTP and kiln runs create talks to it', async () =
     const ex = await cli(['session', 'exec', id!, '--', 'sh', '-c', 'echo from-session; exit 4']);
     assert.equal(ex.out, 'from-session\n');
     assert.equal(ex.code, 4);
+    assert.deepEqual(JSON.parse((await cli(['session', 'get', id!])).out).metadata, { course: 'cs101', seat: '12' });
+    // Standard input from a pipe or a file, as a judge or a script would pass it.
+    const piped = await cli(['session', 'exec', id!, '--stdin-file', '-', '--', 'sh', '-c', 'tr a-z A-Z; echo "$GREETING"'], 'from a pipe\n');
+    assert.deepEqual([piped.code, piped.out], [0, 'FROM A PIPE\nhi\n']);
+    writeFileSync(join(dir, 'input.txt'), 'from a file\n');
+    assert.equal((await cli(['session', 'exec', id!, '--stdin-file', 'input.txt', '--', 'cat'])).out, 'from a file\n');
+    for (const [args, message] of [
+      [['--stdin', 'x', '--stdin-file', 'input.txt'], 'kiln: give --stdin or --stdin-file, not both\n'],
+      [['--stdin-file', 'no-such.txt'], 'kiln: --stdin-file: cannot read no-such.txt: ENOENT\n'],
+      [['--timeout', '1e3'], 'kiln: --timeout: "1e3" is not a whole number of milliseconds\n'],
+    ] as const) {
+      assert.deepEqual(await cli(['session', 'exec', id!, ...args, '--', 'true']), { code: 2, out: '', err: message }, args.join(' '));
+    }
     const slow = await cli(['session', 'exec', id!, '--timeout', '200', '--', 'sleep', '5']);
     assert.deepEqual([slow.code, slow.err], [137, 'kiln: killed: time limit (wall_timeout)\n']);
     assert.deepEqual(await cli(['session', 'open', 'nope']), { code: 2, out: '', err: 'kiln: no template named nope here\n' });

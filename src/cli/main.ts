@@ -66,6 +66,44 @@ function sessionPath(arg: string): { id: string; path: string } | undefined {
 /** Text that may carry a sandbox's output (a start failure's message), without terminal control sequences. */
 const printable = (text: string) => text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, '?');
 
+/** `--stdin <text>` and `--stdin-file <file>` (`-`: this command's own standard input, read to its end). */
+const stdinOptions = (cmd: Command) =>
+  cmd.option('--stdin <text>', 'standard input for the program').option('--stdin-file <file>', 'standard input from a file (- for this command\'s own)');
+
+interface StdinFlags {
+  stdin?: string;
+  stdinFile?: string;
+}
+
+async function stdinOf(o: StdinFlags): Promise<string | undefined> {
+  if (o.stdinFile === undefined) return o.stdin;
+  if (o.stdin !== undefined) throw new KilnError('invalid_flag', 'give --stdin or --stdin-file, not both');
+  if (o.stdinFile === '-') return (await readStdin()).toString('utf8');
+  try {
+    return readFileSync(o.stdinFile, 'utf8');
+  } catch (e) {
+    throw new KilnError('invalid_flag', `--stdin-file: cannot read ${o.stdinFile}: ${(e as NodeJS.ErrnoException).code ?? messageOf(e)}`);
+  }
+}
+
+/** `KEY=VALUE` flags (`--env`, `--metadata`) as an object. */
+function keyValues(flag: string, pairs: string[]): Record<string, string> {
+  return Object.fromEntries(
+    pairs.map((kv) => {
+      const i = kv.indexOf('=');
+      if (i < 1) throw new KilnError('invalid_flag', `--${flag}: ${JSON.stringify(kv)} is not KEY=VALUE`);
+      return [kv.slice(0, i), kv.slice(i + 1)];
+    }),
+  );
+}
+
+/** A flag that takes a whole number of `unit` (digits only: `0x10` and `1e3` are typos more often than not). */
+function wholeNumber(flag: string, value: string, unit: string): number {
+  const n = /^\d+$/.test(value) ? Number(value) : NaN;
+  if (!Number.isSafeInteger(n) || n < 1) throw new KilnError('invalid_flag', `--${flag}: ${JSON.stringify(value)} is not a whole number of ${unit}`);
+  return n;
+}
+
 async function readStdin(): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const c of process.stdin) chunks.push(c as Buffer);
@@ -88,12 +126,13 @@ function readProgram(file: string): string {
   }
 }
 
-function runBody(config: KilnConfig | undefined, file: string, o: { language?: string; stdin?: string; arg?: string[]; template?: string }) {
+async function runBody(config: KilnConfig | undefined, file: string, o: StdinFlags & { language?: string; arg?: string[]; template?: string }) {
   const language = o.language ?? (config ? languageForFile(config, file) : undefined);
+  const stdin = await stdinOf(o);
   return {
     language,
     files: [{ name: basename(file), content: readProgram(file) }],
-    ...(o.stdin !== undefined ? { stdin: o.stdin } : {}),
+    ...(stdin !== undefined ? { stdin } : {}),
     ...(o.arg?.length ? { args: o.arg } : {}),
     ...(o.template ? { template: o.template } : {}),
   };
@@ -170,16 +209,17 @@ export function buildCli(): Command {
   });
 
   serverOptions(
-    program
-      .command('run <file>')
-      .description('compile and run a file in a local sandbox (no server needed)')
-      .option('-l, --language <name>', 'language (default: from the file extension)')
-      .option('--stdin <text>', 'standard input for the program')
+    stdinOptions(
+      program
+        .command('run <file>')
+        .description('compile and run a file in a local sandbox (no server needed)')
+        .option('-l, --language <name>', 'language (default: from the file extension)'),
+    )
       .option('--template <name>', 'run in another template')
       .option('--arg <value...>', 'arguments for the program'),
-  ).action(async (file: string, o: ServerFlags & { language?: string; stdin?: string; template?: string; arg?: string[] }) => {
+  ).action(async (file: string, o: ServerFlags & StdinFlags & { language?: string; template?: string; arg?: string[] }) => {
     const config = configFrom(o);
-    const body = runBody(config, file, o);
+    const body = await runBody(config, file, o);
     const kiln = await startKiln(config, { ephemeral: true });
     try {
       const { run } = await kiln.runs.submit(body, LOCAL);
@@ -199,16 +239,12 @@ export function buildCli(): Command {
   });
 
   const runs = program.command('runs').description(`runs on a server (KILN_URL, now ${serverUrl()})`);
-  runs
-    .command('create <file>')
-    .description('submit a file and print its output and verdict')
-    .requiredOption('-l, --language <name>', 'language (see GET /v1/languages)')
-    .option('--stdin <text>', 'standard input for the program')
+  stdinOptions(runs.command('create <file>').description('submit a file and print its output and verdict').requiredOption('-l, --language <name>', 'language (see GET /v1/languages)'))
     .option('--template <name>', 'run in another template')
     .option('--arg <value...>', 'arguments for the program')
     .option('--no-wait', 'print the run id at once instead of waiting')
-    .action(async (file: string, o: { language: string; stdin?: string; template?: string; arg?: string[]; wait: boolean }) => {
-      const body = { ...runBody(undefined, file, o), wait: o.wait };
+    .action(async (file: string, o: StdinFlags & { language: string; template?: string; arg?: string[]; wait: boolean }) => {
+      const body = { ...(await runBody(undefined, file, o)), wait: o.wait };
       const run = await api<Run>('POST', '/v1/runs', body);
       if (!o.wait) process.stdout.write(`${run.id}\n`);
       else process.exitCode = printRun(run);
@@ -236,22 +272,17 @@ export function buildCli(): Command {
     .command('create <template>')
     .description('start a session and print its id and URL')
     .option('--env <KEY=VALUE...>', 'environment for the server and every exec in it (starts it cold)')
+    .option('--metadata <KEY=VALUE...>', 'labels kept with the session and shown in listings and events')
     .option('--idle <seconds>', 'idle timeout (at most the template\'s)')
     .option('--max <seconds>', 'max duration (at most the template\'s)')
     .option('--json', 'print the session as JSON')
     .option('--no-wait', 'answer at once, even while a cold start is under way')
-    .action(async (template: string, o: { env?: string[]; idle?: string; max?: string; json?: boolean; wait: boolean }) => {
+    .action(async (template: string, o: { env?: string[]; metadata?: string[]; idle?: string; max?: string; json?: boolean; wait: boolean }) => {
       const body: Record<string, unknown> = { template };
-      if (o.env) body.env = Object.fromEntries(o.env.map((kv) => {
-        const i = kv.indexOf('=');
-        if (i < 1) throw new KilnError('invalid_flag', `--env: ${JSON.stringify(kv)} is not KEY=VALUE`);
-        return [kv.slice(0, i), kv.slice(i + 1)];
-      }));
+      if (o.env) body.env = keyValues('env', o.env);
+      if (o.metadata) body.metadata = keyValues('metadata', o.metadata);
       for (const [flag, key] of [['idle', 'idleTimeoutS'], ['max', 'maxDurationS']] as const) {
-        if (o[flag] === undefined) continue;
-        const n = /^\d+$/.test(o[flag]!) ? Number(o[flag]) : NaN;
-        if (!Number.isInteger(n) || n < 1) throw new KilnError('invalid_flag', `--${flag}: ${JSON.stringify(o[flag])} is not a whole number of seconds`);
-        body[key] = n;
+        if (o[flag] !== undefined) body[key] = wholeNumber(flag, o[flag]!, 'seconds');
       }
       let s = await api<SessionView>('POST', '/v1/sessions', body);
       if (s.status === 'starting' && o.wait) {
@@ -281,15 +312,13 @@ export function buildCli(): Command {
         process.stdout.write(line(s.id, s.template, s.status, s.stopReason ?? '', s.createdAt, live && s.url ? absolute(s.url) : ''));
       }
     });
-  session
-    .command('exec <id> <command...>')
-    .description('run a command in a session (put -- before a command with flags)')
-    .option('--stdin <text>', 'standard input')
+  stdinOptions(session.command('exec <id> <command...>').description('run a command in a session (put -- before a command with flags)'))
     .option('--timeout <ms>', 'deadline in ms')
-    .action(async (id: string, command: string[], o: { stdin?: string; timeout?: string }) => {
+    .action(async (id: string, command: string[], o: StdinFlags & { timeout?: string }) => {
       const body: Record<string, unknown> = { command };
-      if (o.stdin !== undefined) body.stdin = o.stdin;
-      if (o.timeout !== undefined) body.timeoutMs = Number(o.timeout);
+      const stdin = await stdinOf(o);
+      if (stdin !== undefined) body.stdin = stdin;
+      if (o.timeout !== undefined) body.timeoutMs = wholeNumber('timeout', o.timeout, 'milliseconds');
       const r = await api<Stage & { killedBy: string | null; oomKilled: boolean }>('POST', `/v1/sessions/${encodeURIComponent(id)}/exec`, body);
       process.stdout.write(r.stdout);
       process.stderr.write(r.stderr);
