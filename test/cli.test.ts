@@ -68,6 +68,8 @@ test('kiln doctor and kiln config', () => {
   assert.equal(d.status, 0);
   const c = kiln(['config', '--port', '7171']);
   assert.match(c.stdout, /port: 7171/);
+  assert.doesNotMatch(c.stdout, /[&*]a\d/, 'every template spelled out, no YAML anchors or aliases');
+  assert.match(c.stdout, /\n  demo-docker:\n(    .*\n)*    command:\n      - python3\n/, 'a shared default is written where it applies');
   // Secret env reaches the sandbox, never the printed config.
   const file = join(dir, 'secret.yaml');
   writeFileSync(file, 'templates:\n  host: { runtime: process, env: { PLAIN: visible }, secretEnv: { API_KEY: s3cr3t-value } }\n');

@@ -184,7 +184,8 @@ export function buildCli(): Command {
   });
 
   serverOptions(program.command('config').description('print the effective configuration')).action((flags: ServerFlags) => {
-    process.stdout.write(toYaml(redactSecrets(configFrom(flags))));
+    // Each value written out where it applies: defaults share objects, and anchors (&a1, *a1) would hide which template has what.
+    process.stdout.write(toYaml(redactSecrets(configFrom(flags)), { aliasDuplicateObjects: false }));
   });
 
   serverOptions(program.command('doctor').description('tell which runtimes work here and how to fix the rest')).action(async (flags: ServerFlags) => {
