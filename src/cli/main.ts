@@ -21,6 +21,7 @@ import { LOCAL } from '../auth/principal.js';
 import { authRequired } from '../api/auth.js';
 import { registerTokenCommands } from './tokens.js';
 import { wireProblem } from '../proxy/wire.js';
+import { favordynmodsProblem } from '../runtimes/process/cgroups.js';
 import { relativePathProblem } from '../sandbox/paths.js';
 
 interface ServerFlags {
@@ -197,6 +198,8 @@ export function buildCli(): Command {
         process.stdout.write(`${c.ok ? 'ok  ' : 'FAIL'} ${c.runtime.padEnd(8)} ${c.detail}\n`);
         if (c.fix) process.stdout.write(`     fix: ${c.fix}\n`);
       }
+      const slowJoins = favordynmodsProblem();
+      process.stdout.write(slowJoins ? `warn cgroups  ${slowJoins}\n` : 'ok   cgroups  favordynmods: a sandbox joins its cgroups without waiting for an RCU grace period\n');
       const noWires = wireProblem();
       process.stdout.write(noWires ? `warn proxy    ${noWires} (until then the proxy uses node's sockets: more CPU per request)\n` : 'ok   proxy    plain TCP read and written natively (kiln-wire addon)\n');
       const broken = new Set(checks.filter((c) => !c.ok).map((c) => c.runtime));

@@ -15,6 +15,7 @@ import { KilnError } from '../../src/errors.js';
 import { forwardHeaders, hasBody, responseHeaders } from '../../src/proxy/proxy.js';
 import { Field, HeadIndex, HeadWriter, copyLines, fieldCodes, readHead } from '../../src/proxy/http1.js';
 import { readyPollDelayMs } from '../../src/pools/warm.js';
+import { favordynmodsProblem } from '../../src/runtimes/process/cgroups.js';
 import { SessionOrigins, sessionUrl } from '../../src/proxy/origin.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kiln-unit-'));
@@ -336,4 +337,14 @@ test('readiness polls: a tenth of the time so far, never under 2 ms nor over 25 
       assert.ok(d >= Math.min(25, elapsed / 10) - 1e-9);
     }),
   );
+});
+
+test('favordynmods is read off the cgroup2 mount, whichever it is; its absence names the fix', () => {
+  const hybrid = 'cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime,favordynmods 0 0\n';
+  assert.equal(favordynmodsProblem(hybrid), undefined);
+  assert.equal(favordynmodsProblem('cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nsdelegate,favordynmods,memory_recursiveprot 0 0\n'), undefined);
+  assert.match(favordynmodsProblem('cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nsdelegate 0 0\n')!, /favordynmods is off.*mount -o remount,favordynmods \/sys\/fs\/cgroup$/);
+  // A mount point or device named like the option does not count.
+  assert.match(favordynmodsProblem('favordynmods /favordynmods cgroup2 rw 0 0\n')!, /favordynmods is off/);
+  assert.match(favordynmodsProblem('cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n')!, /no cgroup2 mount/);
 });

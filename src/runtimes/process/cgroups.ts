@@ -52,6 +52,19 @@ function cpuQuotaUs(cpus: number): number {
   return Math.max(1000, Math.round(cpus * CPU_PERIOD_US));
 }
 
+/**
+ * Why a process joining a new cgroup may wait for the kernel, or undefined
+ * when it does not: without `favordynmods` on the cgroup2 mount, the first
+ * move after a quiet spell waits for an RCU grace period (~10 ms measured on
+ * a 2-core VM), on every sandbox start and exec. `scripts/setup` sets it.
+ */
+export function favordynmodsProblem(mounts = readFileSync('/proc/self/mounts', 'utf8')): string | undefined {
+  const cgroup2 = mounts.split('\n').map((line) => line.split(' ')).find((f) => f[2] === 'cgroup2');
+  if (!cgroup2) return 'no cgroup2 mount: each sandbox start waits for the kernel to join its cgroups (boot with cgroup_favordynmods=true)';
+  if (cgroup2[3]!.split(',').includes('favordynmods')) return undefined;
+  return `favordynmods is off: each sandbox start and exec may wait ~10 ms for the kernel to join its cgroups; fix: scripts/setup, or mount -o remount,favordynmods ${cgroup2[1]}`;
+}
+
 export function detectCgroupMode(): CgroupMode | undefined {
   if (existsSync(join(ROOT, 'cgroup.controllers'))) return 'v2';
   if (existsSync(join(ROOT, 'memory', 'memory.limit_in_bytes'))) return 'v1';
