@@ -351,6 +351,11 @@ class ProcessSandbox implements Sandbox {
       child.once('close', () => resolve(undefined));
     });
     if (nsPid === undefined || !(await setupFinished(nsPid, this.mainExited))) {
+      // Gone before kiln saw the command forked: bwrap and the launcher say why first when
+      // they fail; anything else is the server's own output (it started and exited that fast).
+      const head = log.text().trimStart();
+      const setupFailed = nsPid === undefined || head.startsWith('bwrap: ') || head.startsWith(LAUNCHER_ERROR_PREFIX);
+      if (!setupFailed) throw await this.exitedAsItStarted(log);
       throw new KilnError('sandbox_failed', `process runtime: the sandbox did not start: ${log.text().trim().slice(-500)}`, 500);
     }
     this.main = { child, nsPid, log };
@@ -360,10 +365,15 @@ class ProcessSandbox implements Sandbox {
     } catch (e) {
       // Alive a moment ago, gone now: the server exited as it started (its namespace went with it).
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT' && (e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
-      await Promise.race([this.mainExited, new Promise((r) => setTimeout(r, 1000))]);
-      const tail = log.text().trim().split('\n').slice(-5).join(' | ');
-      throw new KilnError('session_start_failed', `the server exited as it started${tail ? `: ${tail}` : ''}`, 503, { retryAfterS: 5 });
+      throw await this.exitedAsItStarted(log);
     }
+  }
+
+  /** The error for a server that exited as it started, with its last words once all of them are in. */
+  private async exitedAsItStarted(log: CappedTail): Promise<KilnError> {
+    await Promise.race([this.mainExited, new Promise((r) => setTimeout(r, 1000))]);
+    const tail = log.text().trim().split('\n').slice(-5).join(' | ');
+    return new KilnError('session_start_failed', `the server exited as it started${tail ? `: ${tail}` : ''}`, 503, { retryAfterS: 5 });
   }
 
   async mainLog(): Promise<string> {
