@@ -145,8 +145,7 @@ export class SessionService {
       })
       .where('status', 'in', ['starting', 'ready', 'stopping'])
       .executeTakeFirst();
-    const since = new Date(Date.now() - this.deps.config.sessions.stalePeriodS * 1000).toISOString();
-    const recent = await this.deps.db.selectFrom('sessions').selectAll().where('stopped_at', '>=', since).orderBy('created_at').execute();
+    const recent = await this.deps.db.selectFrom('sessions').selectAll().where('stopped_at', '>=', this.staleBefore()).orderBy('created_at').execute();
     this.endedBefore = recent.map(storedView);
     for (const p of this.pools.values()) p.refill();
     // A failed sweep (the store refusing a write) is logged and the next one tries again; it must not end kiln.
@@ -501,10 +500,15 @@ export class SessionService {
     return storedView(row);
   }
 
+  /** The time (ISO) before which a stopped session has left listings. */
+  private staleBefore(): string {
+    return new Date(Date.now() - this.deps.config.sessions.stalePeriodS * 1000).toISOString();
+  }
+
   /** Live sessions and those stopped within `stalePeriodS`. */
   list(principal?: Principal): SessionView[] {
     if (this.endedBefore.length > 0) {
-      const since = new Date(Date.now() - this.deps.config.sessions.stalePeriodS * 1000).toISOString();
+      const since = this.staleBefore();
       this.endedBefore = this.endedBefore.filter((v) => v.stoppedAt! >= since);
     }
     const all = [...this.endedBefore, ...[...this.byId.values()].map((s) => s.view())];
